@@ -1,0 +1,302 @@
+"""Typed run configuration, loaded from TOML and validated at load.
+
+Every problem (unknown key, wrong type, impossible value, missing file) is collected and reported in one
+ConfigError naming the file, the line and the field. The embedded default is configs/tiny-cpu.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from sealong.loop.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.toml"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PLAN_AND_SOLVE = (
+    "Let's first understand the problem and devise a plan to solve it. "
+    "Then, let's carry out the plan and solve the problem step-by-step."
+)
+
+
+@dataclass
+class RunConfig:
+    name: str = "sealong"
+    seed: int = 0
+    max_rounds: int = 3
+    patience: int = 2  # stop after this many rounds in a row without a promotion
+    max_stage_retries: int = 2
+
+
+@dataclass
+class PolicyConfig:
+    # "bundled:smollm2-135m-instruct", "tiny-random-llama", or a path to a transformers model directory.
+    model: str = "bundled:smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_prompt_tokens: int = 1536  # longer prompts are truncated in the middle of the context
+    trust_remote_code: bool = False
+    threads: int = 0  # torch threads in stage processes; 0 = torch's default
+
+
+@dataclass
+class EmbedderConfig:
+    model: str = "bundled:all-minilm-l6-v2"
+    batch_size: int = 64
+
+
+@dataclass
+class DataConfig:
+    train_source: Literal["synthetic", "musique"] = "synthetic"
+    train_path: str = ""  # MuSiQue JSONL when train_source = "musique"
+    train_pool_size: int = 64
+    questions_per_round: int = 16
+    eval_source: Literal["synthetic", "longbench"] = "synthetic"
+    eval_paths: list[str] = field(default_factory=list)  # LongBench JSONL files when eval_source = "longbench"
+    eval_questions_per_task: int = 10
+    context_tokens_min: int = 400  # target context length, drawn uniformly per question
+    context_tokens_max: int = 700
+    hops: list[int] = field(default_factory=lambda: [1, 2, 3])
+    near_miss_rate: float = 0.5  # share of questions whose context holds a near-miss distractor
+
+
+@dataclass
+class SampleConfig:
+    backend: Literal["transformers", "vllm"] = "transformers"
+    n: int = 8
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 160
+    instruction: str = PLAN_AND_SOLVE
+    shared_prefill: bool = True  # prefill each prompt once and draw all N continuations from it
+
+
+@dataclass
+class ScoreConfig:
+    utility: Literal["embedding", "bertscore", "rouge-l", "random"] = "embedding"
+    backend: Literal["auto", "torch", "triton"] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    init: Literal["champion", "base"] = "champion"
+    quantize: Literal["none", "nf4"] = "none"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    beta: float = 0.1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    epochs: int = 1
+    batch_size: int = 1  # pairs per micro-batch
+    grad_accum: int = 1
+    max_length: int = 2048
+    loss: Literal["naive", "fused", "liger"] = "naive"
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 160
+    batch_size: int = 4
+
+
+@dataclass
+class PromoteConfig:
+    margin: float = 0.0  # candidate's mean SubEM must beat the champion's by more than this (points)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    source_path: str = field(default="<defaults>", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source_path")
+        return d
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config) if f.name != "source_path"}  # type: ignore[misc]
+
+
+def _type_problem(value: Any, annotation: Any) -> str | None:
+    """None if value fits the annotation, else a description of what was expected."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))} (got {value!r})"
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            return f"must be a list of {item.__name__} (got {type(value).__name__})"
+        bad = [v for v in value if _type_problem(v, item)]
+        return f"must be a list of {item.__name__} (got {bad[0]!r})" if bad else None
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, annotation)
+    return None if ok else f"must be {annotation.__name__} (got {type(value).__name__} {value!r})"
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """Line number of [section] (or of key inside it) in the TOML text; None if not found."""
+    lines = text.splitlines()
+    in_section = False
+    for i, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_section = stripped.strip("[] ") == section
+            if in_section and key is None:
+                return i
+            continue
+        if in_section and key is not None and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return i
+    return None
+
+
+def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
+    """(section, key, problem) for impossible values."""
+    p: list[tuple[str, str, str]] = []
+
+    def need(cond: bool, section: str, key: str, msg: str) -> None:
+        if not cond:
+            p.append((section, key, msg))
+
+    r, s, t, d = cfg.run, cfg.sample, cfg.train, cfg.data
+    need(r.max_rounds >= 1, "run", "max_rounds", f"must be >= 1 (got {r.max_rounds})")
+    need(r.patience >= 1, "run", "patience", f"must be >= 1 (got {r.patience})")
+    need(r.max_stage_retries >= 0, "run", "max_stage_retries", f"must be >= 0 (got {r.max_stage_retries})")
+    need(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", r.name)), "run", "name", f"must be letters, digits, _ . - (got {r.name!r})")
+    need(s.n >= 2, "sample", "n", f"must be >= 2: MBR needs at least two samples (got {s.n})")
+    need(s.temperature > 0, "sample", "temperature", f"must be > 0 for sampling (got {s.temperature})")
+    need(0 < s.top_p <= 1, "sample", "top_p", f"must be in (0, 1] (got {s.top_p})")
+    need(s.max_new_tokens >= 1, "sample", "max_new_tokens", f"must be >= 1 (got {s.max_new_tokens})")
+    need(t.lr > 0, "train", "lr", f"must be > 0 (got {t.lr})")
+    need(t.beta >= 0, "train", "beta", f"must be >= 0 (got {t.beta})")
+    need(t.lora_r >= 1, "train", "lora_r", f"must be >= 1 (got {t.lora_r})")
+    need(t.lora_alpha >= 1, "train", "lora_alpha", f"must be >= 1 (got {t.lora_alpha})")
+    need(0 <= t.lora_dropout < 1, "train", "lora_dropout", f"must be in [0, 1) (got {t.lora_dropout})")
+    need(t.epochs >= 1, "train", "epochs", f"must be >= 1 (got {t.epochs})")
+    need(t.batch_size >= 1, "train", "batch_size", f"must be >= 1 (got {t.batch_size})")
+    need(t.grad_accum >= 1, "train", "grad_accum", f"must be >= 1 (got {t.grad_accum})")
+    need(t.max_length >= 64, "train", "max_length", f"must be >= 64 (got {t.max_length})")
+    need(0 <= t.warmup_ratio < 1, "train", "warmup_ratio", f"must be in [0, 1) (got {t.warmup_ratio})")
+    need("lm_head" not in t.target_modules, "train", "target_modules", "must not include lm_head (fused losses read lm_head.weight)")
+    need(len(t.target_modules) > 0, "train", "target_modules", "must name at least one module")
+    need(d.train_pool_size >= 1, "data", "train_pool_size", f"must be >= 1 (got {d.train_pool_size})")
+    need(1 <= d.questions_per_round <= d.train_pool_size, "data", "questions_per_round",
+         f"must be in [1, train_pool_size={d.train_pool_size}] (got {d.questions_per_round})")
+    need(d.eval_questions_per_task >= 1, "data", "eval_questions_per_task", f"must be >= 1 (got {d.eval_questions_per_task})")
+    need(0 < d.context_tokens_min <= d.context_tokens_max, "data", "context_tokens_min",
+         f"must be in (0, context_tokens_max={d.context_tokens_max}] (got {d.context_tokens_min})")
+    need(all(h in (1, 2, 3) for h in d.hops) and len(d.hops) > 0, "data", "hops", f"must be a non-empty list from 1, 2, 3 (got {d.hops})")
+    need(0 <= d.near_miss_rate <= 1, "data", "near_miss_rate", f"must be in [0, 1] (got {d.near_miss_rate})")
+    if d.train_source == "musique":
+        need(bool(d.train_path), "data", "train_path", "is required when train_source = 'musique'")
+        need(not d.train_path or Path(d.train_path).is_file(), "data", "train_path", f"file not found: {d.train_path}")
+    if d.eval_source == "longbench":
+        need(len(d.eval_paths) > 0, "data", "eval_paths", "is required when eval_source = 'longbench'")
+        for ep in d.eval_paths:
+            need(Path(ep).is_file(), "data", "eval_paths", f"file not found: {ep}")
+    need(cfg.policy.max_prompt_tokens >= 64, "policy", "max_prompt_tokens", f"must be >= 64 (got {cfg.policy.max_prompt_tokens})")
+    need(cfg.policy.threads >= 0, "policy", "threads", f"must be >= 0 (got {cfg.policy.threads})")
+    need(cfg.eval.max_new_tokens >= 1, "eval", "max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
+    need(cfg.eval.batch_size >= 1, "eval", "batch_size", f"must be >= 1 (got {cfg.eval.batch_size})")
+    need(cfg.embedder.batch_size >= 1, "embedder", "batch_size", f"must be >= 1 (got {cfg.embedder.batch_size})")
+    for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
+        if not (spec.startswith("bundled:") or spec == "tiny-random-llama"):
+            need(Path(spec).is_dir(), section, key, f"model directory not found: {spec}")
+    return p
+
+
+def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "") -> Config:
+    """Build and validate a Config; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+
+    def where(section: str, key: str | None = None) -> str:
+        line = _line_of(text, section, key) if text else None
+        loc = f"line {line}: " if line else ""
+        return f"{loc}[{section}]" + (f" {key}" if key else "")
+
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            problems.append(f"{where(name)}: unknown section (known: {', '.join(SECTIONS)})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"[{name}]: must be a table")
+            continue
+        cls = SECTIONS[name]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, v in value.items():
+            if key not in hints:
+                problems.append(f"{where(name, key)}: unknown key (known: {', '.join(hints)})")
+                continue
+            bad = _type_problem(v, hints[key])
+            if bad:
+                problems.append(f"{where(name, key)}: {bad}")
+                continue
+            kwargs[key] = float(v) if hints[key] is float else v
+        sections[name] = cls(**kwargs)
+    cfg = Config(**sections, source_path=path)
+    if not problems:
+        problems += [f"{where(s, k)}: {m}" for s, k, m in _value_problems(cfg)]
+    else:
+        # Value checks on a half-built config could repeat type errors; still report the clear ones.
+        problems += [f"{where(s, k)}: {m}" for s, k, m in _value_problems(cfg) if not any(f"[{s}] {k}:" in q for q in problems)]
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["file not found"])
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
+    return config_from_dict(raw, str(path), text)
+
+
+def dump_config_toml(cfg: Config) -> str:
+    """A TOML rendering of a config (stored with each run so a resumed run uses the same settings)."""
+    out = []
+    for section, values in cfg.to_dict().items():
+        out.append(f"[{section}]")
+        for k, v in values.items():
+            out.append(f"{k} = {_toml_value(v)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,323 @@
+"""The controller: a light process that runs rounds as a state machine over the store.
+
+    round k:  sample → score → pairs → train → eval → promote   (each stage a child process)
+
+It never runs model code itself. It records progress in SQLite, survives a crashed child (the error is
+recorded and the stage retried up to `run.max_stage_retries` times), and on restart resumes at the first
+unfinished stage of the unfinished round. One controller per workdir, enforced by an flock that the
+kernel releases when the holder dies (so a kill -9 leaves no stale lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+from sealong.loop.config import Config, config_from_dict, dump_config_toml
+from sealong.loop.errors import SealongError, StageFailed, WorkdirBusy
+from sealong.loop.stages.base import STAGES, champion
+from sealong.loop.tasks.records import QuestionRecord
+from sealong.store.artifacts import atomic_write_text
+from sealong.store.db import Transaction, connect, dumps, log_event, one, rows
+
+LOCK_NAME = "controller.lock"
+EXIT_FATAL = 3
+
+
+class WorkdirLock:
+    """An exclusive flock on <workdir>/controller.lock holding the owner's pid."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = holder_pid(self.path.parent)
+            raise WorkdirBusy(
+                f"another controller (pid {pid}) is already running on {self.path.parent}; "
+                f"watch it with `sealong-loop status --workdir {self.path.parent}` or stop it with "
+                f"`sealong-loop stop --workdir {self.path.parent}`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        os.fsync(fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def holder_pid(workdir: Path) -> int | None:
+    """The pid of the live controller on this workdir, or None (no lock file, or nobody holds it)."""
+    path = Path(workdir) / LOCK_NAME
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None  # nobody holds it: stale file
+        except BlockingIOError:
+            text = path.read_text().strip()
+            return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)
+
+
+def _questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
+    """The training pool and the eval set, built once when a run is created."""
+    from sealong.loop.tasks import synthetic
+
+    d = cfg.data
+    if d.train_source == "synthetic":
+        train = synthetic.generate(d.train_pool_size, cfg.run.seed, "train", d.hops, d.context_tokens_min,
+                                   d.context_tokens_max, d.near_miss_rate)
+    else:
+        from sealong.loop.tasks.musique import build_musique_pool
+
+        train = build_musique_pool(d.train_path, d.train_pool_size, d.context_tokens_min, d.context_tokens_max, cfg.run.seed)
+    if d.eval_source == "synthetic":
+        per_task = d.eval_questions_per_task
+        evals = synthetic.generate(per_task * len(d.hops), cfg.run.seed, "eval", d.hops, d.context_tokens_min,
+                                   d.context_tokens_max, d.near_miss_rate)
+    else:
+        from sealong.loop.tasks.longbench import load_longbench
+
+        evals = [r for path in d.eval_paths for r in load_longbench(path, limit=d.eval_questions_per_task)]
+    return [("train", q) for q in train] + [("eval", q) for q in evals]
+
+
+def ensure_run(db: sqlite_utils.Database, cfg: Config, workdir: Path, max_rounds: int | None) -> int:
+    """Create the workdir's run (config + questions) on first start; on resume check the config matches."""
+    run = one(db, "SELECT * FROM runs ORDER BY id LIMIT 1")
+    if run is not None:
+        stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml"))
+        if cfg.source_path != "<stored>" and stored.to_dict() != cfg.to_dict():
+            diff = [f"[{s}] {k}" for s, sec in cfg.to_dict().items() for k, v in sec.items() if stored.to_dict()[s][k] != v]
+            raise SealongError(
+                f"{workdir} holds a run started with a different config (differs in: {', '.join(diff[:6])}); "
+                f"resume it without --config, or use a new --workdir"
+            )
+        if max_rounds is not None:
+            db.execute("UPDATE runs SET max_rounds = ? WHERE id = ?", (max_rounds, run["id"]))
+        return run["id"]
+    questions = _questions_for(cfg)
+    with Transaction(db):
+        cur = db.execute(
+            "INSERT INTO runs (name, config_json, config_path, created_at, max_rounds) VALUES (?, ?, ?, ?, ?)",
+            (cfg.run.name, dumps(cfg.to_dict()), cfg.source_path, time.time(), max_rounds or cfg.run.max_rounds),
+        )
+        run_id = cur.lastrowid
+        counters: dict[str, int] = {}
+        for split, q in questions:
+            counters[split] = counters.get(split, -1) + 1
+            db.execute(
+                "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, pool_index) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (q.id, split, q.task, q.source, q.question, q.context, json.dumps(q.answers), q.n_tokens, counters[split]),
+            )
+        log_event(db, f"run created: {counters.get('train', -1) + 1} training questions, "
+                      f"{counters.get('eval', -1) + 1} eval questions", run_id=run_id)
+    atomic_write_text(workdir / "config.toml", dump_config_toml(cfg))
+    return run_id
+
+
+def load_stored_config(db: sqlite_utils.Database, workdir: Path) -> Config:
+    run = one(db, "SELECT config_json FROM runs ORDER BY id LIMIT 1")
+    if run is None:
+        raise SealongError(f"{workdir} has no run yet; give --config to start one")
+    cfg = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml"))
+    cfg.source_path = "<stored>"
+    return cfg
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Controller:
+    def __init__(self, workdir: Path, cfg: Config, max_rounds: int | None = None,
+                 on_tick: Callable[[], None] = lambda: None, tick_seconds: float = 0.5):
+        self.workdir = Path(workdir).resolve()
+        self.cfg = cfg
+        self.max_rounds = max_rounds
+        self.on_tick = on_tick
+        self.tick_seconds = tick_seconds
+        self.lock = WorkdirLock(self.workdir)
+        self.stop_now = False
+        self.child: subprocess.Popen | None = None
+        self.db: sqlite_utils.Database | None = None
+        self.run_id = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run rounds until done, stopped or failed. Returns the run's final status."""
+        self.lock.acquire()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.db = connect(self.workdir)
+            self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds)
+            self._recover()
+            return self._loop()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self.lock.release()
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_now = True
+        if self.child and self.child.poll() is None:
+            self.child.terminate()
+
+    def _event(self, message: str, level: str = "info", round_id: int | None = None, stage: str | None = None) -> None:
+        log_event(self.db, message, level, self.run_id, round_id, stage)
+
+    def _recover(self) -> None:
+        """Undo what a killed controller left: running stages back to pending, failed ones retried afresh."""
+        db = self.db
+        for st in rows(db, "SELECT * FROM stages WHERE status = 'running'"):
+            if _pid_alive(st["pid"]):
+                try:
+                    os.kill(st["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            db.execute("UPDATE stages SET status = 'pending', pid = NULL WHERE id = ?", (st["id"],))
+            self._event(f"{st['name']} was interrupted (controller stopped or killed); it will run again",
+                        "warn", st["round_id"], st["name"])
+        with Transaction(db):
+            db.execute("UPDATE stages SET status = 'pending', attempts = 0 WHERE status = 'failed'")
+            db.execute("UPDATE rounds SET status = 'running' WHERE status = 'failed'")
+            db.execute("UPDATE runs SET status = 'running', stop_requested = 0, finished_at = NULL, message = NULL WHERE id = ?",
+                       (self.run_id,))
+
+    def _finish(self, status: str, message: str) -> str:
+        self.db.execute("UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE id = ?",
+                        (status, time.time(), message, self.run_id))
+        self._event(message, "error" if status == "failed" else "info")
+        self.on_tick()
+        return status
+
+    # -- the state machine -----------------------------------------------------------------------------
+    def _next_round(self) -> dict | str:
+        """The round to work on, or a reason to finish."""
+        db = self.db
+        current = one(db, "SELECT * FROM rounds WHERE run_id = ? AND status != 'done' ORDER BY idx LIMIT 1", (self.run_id,))
+        if current:
+            return current
+        done = rows(db, "SELECT promoted FROM rounds WHERE run_id = ? ORDER BY idx", (self.run_id,))
+        max_rounds = one(db, "SELECT max_rounds FROM runs WHERE id = ?", (self.run_id,))["max_rounds"]
+        if len(done) >= max_rounds:
+            return f"finished: {len(done)} round(s) done (max_rounds = {max_rounds})"
+        streak = 0
+        for r in reversed(done):
+            if r["promoted"]:
+                break
+            streak += 1
+        if streak >= self.cfg.run.patience:
+            return f"finished: {streak} round(s) in a row without a promotion (patience = {self.cfg.run.patience})"
+        champ = champion(db, self.run_id)
+        with Transaction(db):
+            cur = db.execute("INSERT INTO rounds (run_id, idx, policy_adapter_id, started_at) VALUES (?, ?, ?, ?)",
+                             (self.run_id, len(done), champ["id"] if champ else None, time.time()))
+            for seq, name in enumerate(STAGES):
+                db.execute("INSERT INTO stages (round_id, name, seq) VALUES (?, ?, ?)", (cur.lastrowid, name, seq))
+            self._event(f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}", round_id=cur.lastrowid)
+        return one(db, "SELECT * FROM rounds WHERE id = ?", (cur.lastrowid,))
+
+    def _stop_requested(self) -> bool:
+        return self.stop_now or bool(one(self.db, "SELECT stop_requested FROM runs WHERE id = ?", (self.run_id,))["stop_requested"])
+
+    def _loop(self) -> str:
+        while True:
+            if self._stop_requested():
+                return self._finish("stopped", "stopped on request; `sealong-loop start` resumes it")
+            rnd = self._next_round()
+            if isinstance(rnd, str):
+                return self._finish("finished", rnd)
+            for st in rows(self.db, "SELECT * FROM stages WHERE round_id = ? ORDER BY seq", (rnd["id"],)):
+                if st["status"] == "done":
+                    continue
+                if self._stop_requested():
+                    return self._finish("stopped", f"stopped on request before {st['name']} of round {rnd['idx']}; "
+                                                   "`sealong-loop start` resumes it")
+                try:
+                    self._run_stage(rnd, st)
+                except StageFailed as e:
+                    self.db.execute("UPDATE rounds SET status = 'failed' WHERE id = ?", (rnd["id"],))
+                    return self._finish("failed", str(e))
+                if self.stop_now:
+                    return self._finish("stopped", f"stopped by signal during {st['name']} of round {rnd['idx']}; "
+                                                   "`sealong-loop start` resumes it")
+            with Transaction(self.db):
+                self.db.execute("UPDATE rounds SET status = 'done', finished_at = ? WHERE id = ?", (time.time(), rnd["id"]))
+                self._event(f"round {rnd['idx']} done", round_id=rnd["id"])
+
+    def _run_stage(self, rnd: dict, st: dict) -> None:
+        """Run one stage in a child process, retrying failures up to the bound."""
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        while True:
+            attempt = one(self.db, "SELECT attempts FROM stages WHERE id = ?", (st["id"],))["attempts"] + 1
+            log_path = logs / f"round{rnd['idx']:03d}-{st['name']}.log"
+            with open(log_path, "ab") as log:
+                cmd = [sys.executable, "-P", "-m", "sealong.loop.stage_main", "--workdir", str(self.workdir),
+                       "--stage-id", str(st["id"]), "--parent-pid", str(os.getpid())]
+                self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              cwd=self.workdir)
+                with Transaction(self.db):
+                    self.db.execute(
+                        "UPDATE stages SET status = 'running', attempts = ?, pid = ?, started_at = ?, error = NULL, "
+                        "progress_done = 0, progress_total = 0, progress_note = '' WHERE id = ?",
+                        (attempt, self.child.pid, time.time(), st["id"]))
+                    self._event(f"{st['name']} started (attempt {attempt})", round_id=rnd["id"], stage=st["name"])
+                while self.child.poll() is None:
+                    self.on_tick()
+                    time.sleep(self.tick_seconds)
+                code = self.child.returncode
+                self.child = None
+            row = one(self.db, "SELECT * FROM stages WHERE id = ?", (st["id"],))
+            if row["status"] == "done" and code == 0:
+                self._event(f"{st['name']} done", round_id=rnd["id"], stage=st["name"])
+                self.on_tick()
+                return
+            if self.stop_now:
+                self.db.execute("UPDATE stages SET status = 'pending', pid = NULL WHERE id = ?", (st["id"],))
+                self._event(f"{st['name']} interrupted by a stop signal; it will run again on resume", "warn", rnd["id"], st["name"])
+                return
+            error = row["error"] or f"the stage process exited with code {code}; see {log_path}"
+            if row["status"] != "failed":
+                self.db.execute("UPDATE stages SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                                (error, time.time(), st["id"]))
+            retries = self.cfg.run.max_stage_retries
+            if code == EXIT_FATAL or attempt > retries:
+                why = "not retryable" if code == EXIT_FATAL else f"{attempt} attempt(s)"
+                raise StageFailed(f"{st['name']} of round {rnd['idx']} failed ({why}): {error}\n  log: {log_path}")
+            self._event(f"{st['name']} failed (attempt {attempt} of {retries + 1}): {error}; retrying", "warn",
+                        rnd["id"], st["name"])

@@ -1,0 +1,45 @@
+"""The project's own exceptions. The CLI turns each into one clear message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class SealongError(Exception):
+    """Base class: an error a user can act on. Its message is printed as is, without a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(SealongError):
+    """One or more problems in a TOML config, all listed in one message."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {len(problems)} problem(s) in the config:"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class DataError(SealongError):
+    """A bad record in a data file: names the file, the line and the field."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, message: str):
+        self.path, self.line, self.field = path, line, field
+        where = path if line is None else f"{path}:{line}"
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+class WorkdirBusy(SealongError):
+    """Another controller holds the workdir's lock."""
+
+
+class StageFailed(SealongError):
+    """A stage failed more often than the retry bound allows."""
+
+    exit_code = 3
+
+
+class IntegrityError(SealongError):
+    """An artifact does not match what the store recorded (e.g. an adapter's sha256)."""
+
+    exit_code = 4

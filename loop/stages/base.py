@@ -1,0 +1,77 @@
+"""What every stage gets: the store, the config, the round, and progress/event reporting.
+
+A stage is a function ``run(ctx) -> None`` in its own module. It writes its outputs and then, in the
+same transaction as its last writes, calls ``ctx.mark_done(summary)``. The controller never runs stage
+code itself: each stage runs in a child process (`python -m sealong.loop.stage_main`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sealong.loop.config import Config
+from sealong.store.db import dumps, log_event, one, rows
+
+STAGES = ["sample", "score", "pairs", "train", "eval", "promote"]
+
+
+@dataclass
+class StageContext:
+    db: sqlite_utils.Database
+    cfg: Config
+    workdir: Path
+    run_id: int
+    round_id: int
+    round_idx: int
+    stage_id: int
+    name: str
+    _last_progress: float = 0.0
+
+    @property
+    def round(self) -> dict[str, Any]:
+        return one(self.db, "SELECT * FROM rounds WHERE id = ?", (self.round_id,))  # type: ignore[return-value]
+
+    def progress(self, done: float, total: float, unit: str = "", note: str = "", force: bool = False) -> None:
+        """Record progress for the monitor (throttled to a few writes a second)."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.5 and done < total:
+            return
+        self._last_progress = now
+        self.db.execute(
+            "UPDATE stages SET progress_done = ?, progress_total = ?, progress_unit = ?, progress_note = ? WHERE id = ?",
+            (done, total, unit, note, self.stage_id),
+        )
+
+    def event(self, message: str, level: str = "info") -> None:
+        log_event(self.db, message, level, self.run_id, self.round_id, self.name)
+
+    def mark_done(self, summary: dict[str, Any]) -> None:
+        """Call inside the transaction that holds the stage's last writes."""
+        self.db.execute(
+            "UPDATE stages SET status = 'done', finished_at = ?, output_json = ?, error = NULL WHERE id = ?",
+            (time.time(), dumps(summary), self.stage_id),
+        )
+
+    def round_questions(self) -> list[dict[str, Any]]:
+        """This round's training questions: a deterministic slice of the pool, rotating each round."""
+        pool = rows(self.db, "SELECT * FROM questions WHERE split = 'train' ORDER BY pool_index")
+        k = self.cfg.data.questions_per_round
+        start = (self.round_idx * k) % len(pool)
+        return [pool[(start + i) % len(pool)] for i in range(min(k, len(pool)))]
+
+    def stage_output(self, name: str) -> dict[str, Any]:
+        r = one(self.db, "SELECT output_json FROM stages WHERE round_id = ? AND name = ?", (self.round_id, name))
+        return json.loads(r["output_json"]) if r and r["output_json"] else {}
+
+
+def adapter_id_for_round(round_idx: int) -> str:
+    return f"adapter-r{round_idx:03d}"
+
+
+def champion(db: sqlite_utils.Database, run_id: int) -> dict[str, Any] | None:
+    return one(db, "SELECT * FROM adapters WHERE run_id = ? AND status = 'champion'", (run_id,))

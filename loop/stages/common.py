@@ -1,0 +1,31 @@
+"""Helpers shared by the model-running stages: resolve the base model and verified adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sealong.loop.errors import IntegrityError
+from sealong.loop.models import prepare_base_model
+from sealong.loop.stages.base import StageContext
+from sealong.store.artifacts import sha256_dir
+from sealong.store.db import one
+
+
+def base_dir(ctx: StageContext) -> Path:
+    return prepare_base_model(ctx.cfg.policy.model, ctx.workdir, ctx.cfg.run.seed)
+
+
+def verified_adapter_dir(ctx: StageContext, adapter_id: str | None) -> Path | None:
+    """The adapter's directory, after checking its files against the sha256 the store recorded."""
+    if adapter_id is None:
+        return None
+    row = one(ctx.db, "SELECT path, sha256 FROM adapters WHERE id = ?", (adapter_id,))
+    if row is None:
+        raise IntegrityError(f"adapter {adapter_id} is referenced but not recorded in the store")
+    path = ctx.workdir / row["path"]
+    if not path.is_dir():
+        raise IntegrityError(f"adapter {adapter_id}: directory {path} is missing")
+    actual = sha256_dir(path)
+    if actual != row["sha256"]:
+        raise IntegrityError(f"adapter {adapter_id}: files in {path} do not match the recorded sha256 (corrupted?)")
+    return path

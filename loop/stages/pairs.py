@@ -1,0 +1,52 @@
+"""Pairs stage: chosen = the MBR-best sample, rejected = uniform random from the lower half by score.
+
+Degenerate questions (every sample empty, or every sample the same text) give no preference signal and
+are skipped and counted; so are questions whose lower half holds only copies of the chosen text.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from itertools import groupby
+from typing import Any
+
+from sealong.loop.stages.base import StageContext
+from sealong.store.db import Transaction, rows
+
+
+def choose_pair(samples: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | str:
+    """(chosen, rejected) or the reason the question is degenerate."""
+    texts = {s["text"].strip() for s in samples}
+    if texts == {""}:
+        return "all samples empty"
+    if len(texts) == 1:
+        return "all samples identical"
+    ranked = sorted(samples, key=lambda s: (-s["mbr_score"], s["sample_idx"]))
+    chosen = ranked[0]
+    lower = [s for s in ranked[len(ranked) - len(ranked) // 2:] if s["text"].strip() != chosen["text"].strip()]
+    if not lower:
+        return "lower half only repeats the chosen answer"
+    return chosen, rng.choice(lower)
+
+
+def run(ctx: StageContext) -> None:
+    samples = rows(ctx.db, "SELECT id, question_id, sample_idx, text, mbr_score FROM samples WHERE round_id = ? "
+                           "ORDER BY question_id, sample_idx", (ctx.round_id,))
+    made, skipped = [], {}
+    for qid, group in groupby(samples, key=lambda s: s["question_id"]):
+        rng = random.Random(ctx.cfg.run.seed * 1_000_003 + ctx.round_idx * 7919 + zlib.crc32(qid.encode()))
+        result = choose_pair(list(group), rng)
+        if isinstance(result, str):
+            skipped[result] = skipped.get(result, 0) + 1
+            continue
+        made.append((qid, result[0]["id"], result[1]["id"]))
+    with Transaction(ctx.db):
+        ctx.db.execute("DELETE FROM pairs WHERE round_id = ?", (ctx.round_id,))
+        ctx.db.conn.executemany(
+            "INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id) VALUES (?, ?, ?, ?)",
+            [(ctx.round_id, *m) for m in made],
+        )
+        if skipped:
+            ctx.event(f"skipped {sum(skipped.values())} degenerate question(s): {skipped}", "warn")
+        ctx.mark_done({"pairs": len(made), "skipped": skipped})

@@ -1,0 +1,82 @@
+"""Train stage: a new LoRA adapter from this round's pairs with ORPO.
+
+The adapter is written to a temporary directory and renamed to `adapters/<id>` (the id is fixed per
+round), then recorded with its sha256 in the same transaction that marks the stage done. A leftover
+directory from a killed attempt is not referenced by the store, so the next attempt replaces it: a round
+never has more than one adapter.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from sealong.loop.errors import SealongError
+from sealong.loop.models import load_causal_lm, load_tokenizer
+from sealong.loop.prompts import build_prompt
+from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
+from sealong.loop.stages.common import base_dir, verified_adapter_dir
+from sealong.loop.training import PairExample, add_lora, encode_response, train_orpo
+from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
+from sealong.store.db import Transaction, dumps, rows
+
+PAIRS_SQL = """
+SELECT p.question_id, q.context, q.question, cs.text AS chosen, rs.text AS rejected
+FROM pairs p JOIN questions q ON q.id = p.question_id
+JOIN samples cs ON cs.id = p.chosen_sample_id JOIN samples rs ON rs.id = p.rejected_sample_id
+WHERE p.round_id = ? ORDER BY p.id
+"""
+
+
+def run(ctx: StageContext) -> None:
+    cfg = ctx.cfg
+    pairs = rows(ctx.db, PAIRS_SQL, (ctx.round_id,))
+    if not pairs:
+        raise SealongError("no preference pairs this round (every question was degenerate); nothing to train on")
+    adapter_id = adapter_id_for_round(ctx.round_idx)
+    adapters_dir = ctx.workdir / "adapters"
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(adapters_dir)
+    final = adapters_dir / adapter_id
+    if final.exists():  # a killed attempt renamed it but never recorded it: not ours to trust
+        shutil.rmtree(final)
+    base = base_dir(ctx)
+    tok = load_tokenizer(base, cfg.policy.trust_remote_code)
+    champ = champion(ctx.db, ctx.run_id)
+    init = verified_adapter_dir(ctx, champ["id"]) if (champ and cfg.train.init == "champion") else None
+    model = load_causal_lm(base, cfg.policy.dtype, cfg.train.quantize, cfg.policy.trust_remote_code)
+    model = add_lora(model, cfg.train, init)
+    examples = []
+    for p in pairs:
+        prompt = build_prompt(tok, p["context"], p["question"], cfg.sample.instruction, cfg.policy.max_prompt_tokens)
+        c_ids, c_lab = encode_response(tok, prompt.input_ids, p["chosen"], cfg.train.max_length)
+        r_ids, r_lab = encode_response(tok, prompt.input_ids, p["rejected"], cfg.train.max_length)
+        examples.append(PairExample(c_ids, c_lab, r_ids, r_lab))
+
+    def on_step(rec: dict) -> None:
+        ctx.db.execute(
+            "INSERT INTO train_steps (round_id, step, loss, nll, or_loss, log_odds_ratio, lr, grad_norm, tokens_per_s, ts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ctx.round_id, rec["step"], rec["loss"], rec["nll"], rec["or_loss"], rec["log_odds_ratio"], rec["lr"],
+             rec["grad_norm"], rec["tokens_per_s"], time.time()),
+        )
+        ctx.progress(rec["step"], rec["total_steps"], "steps",
+                     f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  {rec['tokens_per_s']:.0f} tok/s", force=True)
+
+    ctx.db.execute("DELETE FROM train_steps WHERE round_id = ?", (ctx.round_id,))
+    ctx.progress(0, 1, "steps", force=True)
+    summary = train_orpo(model, examples, cfg.train, tok.pad_token_id, cfg.run.seed + ctx.round_idx, on_step)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    digest = sha256_dir(final)
+    summary.update(init="champion" if init else "base", loss_backend=cfg.train.loss, quantize=cfg.train.quantize)
+    with Transaction(ctx.db):
+        ctx.db.execute(
+            "INSERT INTO adapters (id, run_id, round_id, parent_id, path, sha256, status, created_at, train_json) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, ?)",
+            (adapter_id, ctx.run_id, ctx.round_id, ctx.round["policy_adapter_id"],
+             str(final.relative_to(ctx.workdir)), digest, time.time(), dumps(summary)),
+        )
+        ctx.db.execute("UPDATE rounds SET candidate_adapter_id = ? WHERE id = ?", (adapter_id, ctx.round_id))
+        ctx.event(f"trained {adapter_id}: {summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}")
+        ctx.mark_done({"adapter_id": adapter_id, "sha256": digest, **summary})

@@ -1,0 +1,73 @@
+"""MuSiQue JSONL → training pool, the paper's construction.
+
+Each answerable item keeps its supporting paragraphs; unrelated paragraphs drawn from *other* items are
+shuffled in until the context reaches a random target length in [min_tokens, max_tokens]. Gold answers
+(answer + aliases) are kept for diagnostics only; training never reads them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from sealong.loop.errors import DataError
+from sealong.loop.tasks.records import QuestionRecord, approx_tokens, check_unique_ids, read_jsonl, require
+
+
+def _paragraphs(obj: dict, path: str, lineno: int) -> list[dict]:
+    paras = require(obj, "paragraphs", list, path, lineno, nonempty=True)
+    for i, para in enumerate(paras):
+        if not isinstance(para, dict):
+            raise DataError(path, lineno, f"paragraphs[{i}]", "expected an object")
+        for key in ("title", "paragraph_text"):
+            if not isinstance(para.get(key), str):
+                raise DataError(path, lineno, f"paragraphs[{i}].{key}", "missing or not a string")
+    return paras
+
+
+def build_musique_pool(
+    path: str | Path, n: int, min_tokens: int, max_tokens: int, seed: int = 0
+) -> list[QuestionRecord]:
+    path = Path(path)
+    p = str(path)
+    items, lines = [], []
+    for lineno, obj in read_jsonl(path):
+        item_id = require(obj, "id", str, p, lineno, nonempty=True)
+        question = require(obj, "question", str, p, lineno, nonempty=True)
+        answer = require(obj, "answer", str, p, lineno)
+        aliases = obj.get("answer_aliases", []) or []
+        if not isinstance(aliases, list):
+            raise DataError(p, lineno, "answer_aliases", "expected a list")
+        paras = _paragraphs(obj, p, lineno)
+        items.append((item_id, question, [answer, *aliases], paras, bool(obj.get("answerable", True))))
+        lines.append(lineno)
+    check_unique_ids([QuestionRecord(id=i[0], context="", question="") for i in items], p, lines)
+    rng = random.Random(seed)
+    answerable = [it for it in items if it[4]]
+    rng.shuffle(answerable)
+    filler = [(it[0], para) for it in items for para in it[3] if not para.get("is_supporting")]
+    pool = []
+    for item_id, question, answers, paras, _ in answerable[:n]:
+        target = rng.randint(min_tokens, max_tokens)
+        docs = [f"{para['title']}\n{para['paragraph_text']}" for para in paras if para.get("is_supporting")]
+        tokens = sum(approx_tokens(d) for d in docs)
+        order = list(range(len(filler)))
+        rng.shuffle(order)
+        for k in order:
+            other_id, para = filler[k]
+            if tokens >= target:
+                break
+            if other_id == item_id:
+                continue
+            doc = f"{para['title']}\n{para['paragraph_text']}"
+            docs.append(doc)
+            tokens += approx_tokens(doc)
+        rng.shuffle(docs)
+        context = "\n\n".join(f"Passage {i + 1}:\n{d}" for i, d in enumerate(docs))
+        pool.append(
+            QuestionRecord(
+                id=f"musique-{item_id}", context=context, question=question,
+                answers=[a for a in answers if a], source="musique", task="musique", n_tokens=approx_tokens(context),
+            )
+        )
+    return pool

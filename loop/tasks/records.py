@@ -1,0 +1,77 @@
+"""The internal question record and a JSONL reader that names the file, line and field of bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sealong.loop.errors import DataError
+
+MAX_LINE_BYTES = 64 << 20
+
+
+@dataclass
+class QuestionRecord:
+    id: str
+    context: str
+    question: str
+    answers: list[str] = field(default_factory=list)  # may be empty for training; never shown to training
+    source: str = "synthetic"
+    task: str = "synthetic"
+    n_tokens: int = 0  # approximate context tokens (whitespace words × 1.3); the sampler records exact ones
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def approx_tokens(text: str) -> int:
+    return int(len(text.split()) * 1.3)
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; raise DataError on the first bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), None, None, "file not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(str(path), lineno, None, f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(str(path), lineno, None, f"not valid UTF-8 (byte {e.start})") from None
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(str(path), lineno, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(str(path), lineno, None, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, lineno: int, nonempty: bool = False) -> Any:
+    """Fetch a field, checking presence, type and (optionally) non-emptiness."""
+    if key not in obj:
+        raise DataError(path, lineno, key, "missing")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = "/".join(k.__name__ for k in kinds)
+        raise DataError(path, lineno, key, f"expected {names}, got {type(value).__name__}")
+    if nonempty and (value == "" or (isinstance(value, str) and not value.strip()) or value == []):
+        raise DataError(path, lineno, key, "must not be empty")
+    return value
+
+
+def check_unique_ids(records: list[QuestionRecord], path: str, lines: list[int]) -> None:
+    seen: dict[str, int] = {}
+    for rec, lineno in zip(records, lines):
+        if rec.id in seen:
+            raise DataError(path, lineno, "id", f"duplicate id {rec.id!r} (first on line {seen[rec.id]})")
+        seen[rec.id] = lineno

@@ -1,0 +1,59 @@
+"""Lineage questions, one SQL query each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+from sealong.store.db import rows
+
+PARENT_CHAIN_SQL = """
+WITH RECURSIVE chain(id, parent_id, round_id, status, sha256, path, depth) AS (
+    SELECT id, parent_id, round_id, status, sha256, path, 0 FROM adapters WHERE id = :adapter
+    UNION ALL
+    SELECT a.id, a.parent_id, a.round_id, a.status, a.sha256, a.path, chain.depth + 1
+    FROM adapters a JOIN chain ON a.id = chain.parent_id
+)
+SELECT id, parent_id, round_id, status, sha256, path, depth FROM chain ORDER BY depth
+"""
+
+# Per model ('base' or adapter id): mean over tasks of per-task SubEM, plus mean output tokens.
+ADAPTER_METRICS_SQL = """
+WITH per_task AS (
+    SELECT model_key, task, COUNT(*) AS n, 100.0 * AVG(subem) AS subem, AVG(n_tokens) AS mean_tokens
+    FROM evals GROUP BY model_key, task
+)
+SELECT p.model_key, a.status, a.round_id, a.parent_id,
+       AVG(p.subem) AS mean_subem, SUM(p.n) AS n_questions, AVG(p.mean_tokens) AS mean_tokens,
+       json_group_object(p.task, round(p.subem, 2)) AS per_task_json
+FROM per_task p LEFT JOIN adapters a ON a.id = p.model_key
+GROUP BY p.model_key ORDER BY COALESCE(a.created_at, 0)
+"""
+
+TRAINING_DATA_SQL = """
+SELECT a.id AS adapter_id, r.idx AS round_idx, p.id AS pair_id, p.question_id,
+       q.question, cs.id AS chosen_sample_id, cs.mbr_score AS chosen_score,
+       rs.id AS rejected_sample_id, rs.mbr_score AS rejected_score
+FROM adapters a
+JOIN rounds r ON r.id = a.round_id
+JOIN pairs p ON p.round_id = a.round_id
+JOIN questions q ON q.id = p.question_id
+JOIN samples cs ON cs.id = p.chosen_sample_id
+JOIN samples rs ON rs.id = p.rejected_sample_id
+WHERE a.id = :adapter ORDER BY p.id
+"""
+
+
+def parent_chain(db: sqlite_utils.Database, adapter_id: str) -> list[dict[str, Any]]:
+    """The adapter, its parent, its parent's parent, … (depth 0 first)."""
+    return rows(db, PARENT_CHAIN_SQL, {"adapter": adapter_id})
+
+
+def adapter_metrics(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Eval metrics of the base model and of every evaluated adapter."""
+    return rows(db, ADAPTER_METRICS_SQL)
+
+
+def training_data(db: sqlite_utils.Database, adapter_id: str) -> list[dict[str, Any]]:
+    """The questions and pairs that trained an adapter."""
+    return rows(db, TRAINING_DATA_SQL, {"adapter": adapter_id})

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny random-Llama config and helpers to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny-random.toml"
+
+
+def write_config(path: Path, base: Path = TINY_CONFIG, **sections: dict) -> Path:
+    """A copy of a config with some keys overridden: write_config(p, train={"epochs": 2})."""
+    from sealong.loop.config import config_from_dict, dump_config_toml
+
+    raw = tomllib.loads(base.read_text())
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    path.write_text(dump_config_toml(config_from_dict(raw, str(path))))
+    return path
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `sealong-loop ARGS` as a user would (a separate process, plain output)."""
+    cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """(model, tokenizer) of the 2-layer random Llama, built once per session."""
+    from sealong.loop.models import build_tiny_random_llama
+
+    model, tok = build_tiny_random_llama(seed=0)
+    model.eval()
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model) -> Path:
+    """The tiny random Llama saved as a transformers directory."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    model, tok = tiny_model
+    model.save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    return d

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sealong.loop.cli import cli as cli_group
+
+from ..conftest import cli
+
+
+def test_every_command_has_help_with_an_example():
+    runner = CliRunner()
+    assert cli_group.commands
+    for name, command in cli_group.commands.items():
+        result = runner.invoke(cli_group, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert command.help and "Example:" in command.help, f"{name} needs help text with an example"
+        assert "sealong-loop" in result.output
+
+
+@pytest.mark.parametrize("command", ["status", "lineage", "stop"])
+def test_commands_on_an_empty_workdir_fail_cleanly(tmp_path: Path, command: str):
+    proc = cli(command, "--workdir", str(tmp_path / "nothing"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_missing_config_file(tmp_path: Path):
+    proc = cli("start", "--config", str(tmp_path / "nope.toml"), "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2 and "nope.toml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_dataset_line_names_file_and_line(tmp_path: Path):
+    data = tmp_path / "lb.jsonl"
+    data.write_text('{"input": "q", "context": "c", "answers": ["a"]}\n{"input": "q", "context": \n')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[policy]\nmodel = "tiny-random-llama"\n[data]\neval_source = "longbench"\neval_paths = ["{data}"]\n')
+    proc = cli("start", "--config", str(cfg), "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{data}:2: invalid JSON" in proc.stderr

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+from sealong.loop.config import DEFAULT_CONFIG, Config, config_from_dict, dump_config_toml, load_config
+from sealong.loop.errors import ConfigError
+
+from ..conftest import REPO, TINY_CONFIG, cli
+
+
+def test_embedded_default_loads():
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.policy.model == "bundled:smollm2-135m-instruct"
+    assert cfg.embedder.model == "bundled:all-minilm-l6-v2"
+    assert cfg.sample.n >= 2 and cfg.train.loss in ("naive", "fused", "liger")
+    assert "lm_head" not in cfg.train.target_modules
+
+
+def test_every_shipped_config_validates():
+    for path in [*REPO.glob("configs/*.toml"), TINY_CONFIG]:
+        load_config(path)
+
+
+def test_dump_roundtrips():
+    import tomllib
+
+    cfg = load_config(TINY_CONFIG)
+    again = config_from_dict(tomllib.loads(dump_config_toml(cfg)))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_all_problems_reported_together_with_lines(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sample]\nn = 1\ncolour = 'red'\n\n[train]\nlr = -0.5\nlora_r = 'big'\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    msg = str(exc.value)
+    assert str(bad) in msg
+    assert "line 2: [sample] n: must be >= 2" in msg
+    assert "line 3: [sample] colour: unknown key" in msg
+    assert "line 6: [train] lr: must be > 0" in msg
+    assert "line 7: [train] lora_r: must be int" in msg
+    assert len(exc.value.problems) == 4
+
+
+def test_unknown_section_and_missing_files(tmp_path: Path):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"trian": {"lr": 1.0}, "policy": {"model": str(tmp_path / "nope")},
+                          "data": {"train_source": "musique"}})
+    msg = str(exc.value)
+    assert "[trian]: unknown section" in msg
+    assert "[policy] model: model directory not found" in msg
+    assert "[data] train_path: is required" in msg
+
+
+def test_impossible_values():
+    problems = None
+    try:
+        config_from_dict({"data": {"train_pool_size": 4, "questions_per_round": 9, "hops": [4]},
+                          "train": {"target_modules": ["lm_head"], "lora_dropout": 1.5}})
+    except ConfigError as e:
+        problems = "\n".join(e.problems)
+    assert problems is not None
+    for needle in ("questions_per_round", "hops", "lm_head", "lora_dropout"):
+        assert needle in problems
+
+
+def test_defaults_are_valid():
+    assert isinstance(config_from_dict({}), Config)
+
+
+def test_cli_reports_two_mistakes_without_traceback(tmp_path: Path):
+    bad = tmp_path / "two.toml"
+    bad.write_text("[sample]\nn = 0\n[train]\nlr = -1\n")
+    proc = cli("start", "--config", str(bad), "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "[sample] n" in proc.stderr and "[train] lr" in proc.stderr
+    assert not (tmp_path / "w" / "sealong.db").exists()

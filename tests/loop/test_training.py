@@ -1,0 +1,87 @@
+import copy
+
+import pytest
+import torch
+from sealong.kernels.orpo import IGNORE_INDEX, orpo_loss_reference
+from sealong.loop.config import TrainConfig
+from sealong.loop.training import (
+    PairExample,
+    add_lora,
+    encode_response,
+    lora_parameters,
+    orpo_step_loss,
+    train_orpo,
+)
+
+
+def _examples(tok, n=3):
+    out = []
+    for i in range(n):
+        prompt = tok(f"Context {i}: Ann was born in Ford{i}. Where was Ann born?", add_special_tokens=False)["input_ids"]
+        c = encode_response(tok, prompt, f"Ann was born in Ford{i}.", 256)
+        r = encode_response(tok, prompt, "I do not know the answer to that.", 256)
+        out.append(PairExample(*c, *r))
+    return out
+
+
+def test_encode_masks_the_prompt(tiny_model):
+    _, tok = tiny_model
+    prompt = tok("some prompt", add_special_tokens=False)["input_ids"]
+    ids, labels = encode_response(tok, prompt, "the answer", 64)
+    assert ids[: len(prompt)] == prompt
+    assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    assert labels[len(prompt):] == ids[len(prompt):]
+    assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    ids, labels = encode_response(tok, prompt * 50, "the answer", 64)
+    assert len(ids) == 64 and labels[-1] != IGNORE_INDEX  # overlong: the prompt loses tokens, the response does not
+
+
+def test_few_steps_change_every_lora_param_and_no_base_weight(tiny_model):
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lr=1e-2, batch_size=1, grad_accum=1, epochs=1, warmup_ratio=0.0)
+    peft_model = add_lora(model, cfg, None)
+    # LoRA B starts at zero, so A gets no gradient on step 1; a few steps move both.
+    before_lora = {n: p.detach().clone() for n, p in lora_parameters(peft_model).items()}
+    before_base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
+    assert before_lora and all(not p.requires_grad for n, p in peft_model.named_parameters() if "lora_" not in n)
+    assert not any("lm_head" in n for n in before_lora)
+    summary = train_orpo(peft_model, _examples(tok, 3), cfg, tok.pad_token_id, seed=0)
+    assert summary["steps"] == 3
+    after = dict(peft_model.named_parameters())
+    unchanged = [n for n, p in before_lora.items() if torch.equal(p, after[n])]
+    assert not unchanged, f"LoRA parameters that did not change: {unchanged[:5]}"
+    changed_base = [n for n, p in before_base.items() if not torch.equal(p, after[n])]
+    assert not changed_base, f"base weights that changed: {changed_base[:5]}"
+    targets = {n.split(".")[-4] for n in before_lora if n.endswith("lora_A.default.weight")}
+    assert targets == set(cfg.target_modules)
+
+
+def test_step_loss_is_response_only_orpo(tiny_model):
+    """The training forward equals the reference ORPO on the same hidden states, and prompt tokens do not count."""
+    model, tok = tiny_model
+    cfg = TrainConfig(lora_r=4, lora_alpha=8)
+    peft_model = add_lora(copy.deepcopy(model), cfg, None)
+    ex = _examples(tok, 1)
+    out, _ = orpo_step_loss(peft_model, ex, 0.1, orpo_loss_reference, tok.pad_token_id)
+    # Changing prompt labels to real tokens must change the NLL: so masking matters and is applied.
+    leaky = [type(ex[0])(ex[0].chosen_ids, ex[0].chosen_ids, ex[0].rejected_ids, ex[0].rejected_labels)]
+    out_leaky, _ = orpo_step_loss(peft_model, leaky, 0.1, orpo_loss_reference, tok.pad_token_id)
+    assert not torch.isclose(out.nll, out_leaky.nll)
+    # loss = nll + beta * or_loss, as in DESIGN.md §1
+    torch.testing.assert_close(out.loss.detach(), out.nll + 0.1 * out.or_loss)
+
+
+def test_nf4_base_trains_on_cpu(tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    from sealong.loop.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "float32", quantize="nf4")
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lr=1e-2, quantize="nf4", warmup_ratio=0.0)
+    peft_model = add_lora(model, cfg, None)
+    before = {n: p.detach().clone() for n, p in lora_parameters(peft_model).items()}
+    summary = train_orpo(peft_model, _examples(tok, 2), cfg, tok.pad_token_id, seed=0)
+    assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]  # finite
+    assert any(not torch.equal(p, dict(peft_model.named_parameters())[n]) for n, p in before.items())
