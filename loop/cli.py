@@ -90,6 +90,7 @@ class _PlainUI:
 
     def __init__(self, workdir: Path, console: Console):
         self.workdir, self.console, self.last_event, self.last_progress = workdir, console, 0, 0.0
+        self.last_line = ""
         self.db = None
 
     def __enter__(self):
@@ -115,10 +116,11 @@ class _PlainUI:
             self.console.print(f"[{stamp}] {e['level']:5} {e['stage'] or '-':8} {e['message']}", highlight=False, markup=False)
         if time.monotonic() - self.last_progress > 10:
             st = one(db, "SELECT name, progress_done, progress_total, progress_unit, progress_note FROM stages WHERE status = 'running'")
-            if st and st["progress_total"]:
-                self.last_progress = time.monotonic()
-                self.console.print(f"           progress {st['name']:8} {st['progress_done']:g}/{st['progress_total']:g} "
-                                   f"{st['progress_unit']} {st['progress_note']}", highlight=False, markup=False)
+            line = st and (f"           progress {st['name']:8} {st['progress_done']:g}/{st['progress_total']:g} "
+                           f"{st['progress_unit']} {st['progress_note']}")
+            if line and st["progress_total"] and line != self.last_line:
+                self.last_progress, self.last_line = time.monotonic(), line
+                self.console.print(line, highlight=False, markup=False)
 
     def final(self) -> None:
         from sealong.loop.monitor import load_state, render

@@ -114,29 +114,31 @@ def render_current(s: MonitorState) -> Panel | Text:
     return Panel(Group(line, bar, detail), title="now", border_style="green")
 
 
+def _stage_cell(st: dict | None) -> str:
+    if st is None:
+        return "·"
+    if st["status"] == "done":
+        return f"{(st['finished_at'] or 0) - (st['started_at'] or 0):.0f}"
+    return {"running": "▶", "failed": "✗", "pending": "·"}.get(st["status"], st["status"])
+
+
 def render_rounds(s: MonitorState) -> Table:
-    t = Table(title="rounds", expand=False)
-    for col in ("round", "policy", "candidate", "pairs", "SubEM cand", "SubEM champ", "gain", "decision", *STAGES):
-        t.add_column(col, justify="right" if col not in ("policy", "candidate", "decision") else "left")
+    t = Table(title="rounds", caption="wall s = seconds per stage: " + "·".join(STAGES))
+    for col, justify in (("#", "right"), ("candidate", "left"), ("pairs", "right"), ("SubEM vs champ", "right"),
+                         ("gain", "right"), ("decision", "left"), ("wall s", "left")):
+        t.add_column(col, justify=justify)
     for r in s.rounds:
         stages = {st["name"]: st for st in s.stages.get(r["id"], [])}
         decision = json.loads(r["decision_json"]) if r["decision_json"] else {}
         pairs = json.loads(stages["pairs"]["output_json"] or "{}").get("pairs", "") if "pairs" in stages else ""
-
-        def cell(st: dict | None) -> str:
-            if st is None:
-                return ""
-            if st["status"] == "done":
-                return _fmt_secs((st["finished_at"] or 0) - (st["started_at"] or 0))
-            return {"running": "▶", "failed": "✗", "pending": "·"}.get(st["status"], st["status"])
-
         t.add_row(
-            str(r["idx"]), r["policy_adapter_id"] or "base", r["candidate_adapter_id"] or "-", str(pairs),
-            f"{decision['candidate_subem']:.1f}" if decision else "-",
-            f"{decision['champion_subem']:.1f}" if decision else "-",
+            str(r["idx"]),
+            r["candidate_adapter_id"] or "…",
+            str(pairs),
+            f"{decision['candidate_subem']:.1f} vs {decision['champion_subem']:.1f}" if decision else "-",
             f"{decision['gain']:+.1f}" if decision else "-",
-            ("promoted" if decision.get("promoted") else "kept champion") if decision else r["status"],
-            *[cell(stages.get(n)) for n in STAGES],
+            ("promoted" if decision.get("promoted") else "kept") if decision else r["status"],
+            "·".join(_stage_cell(stages.get(n)) for n in STAGES),
         )
     return t
 
