@@ -74,12 +74,15 @@ class SampleConfig:
     max_new_tokens: int = 160
     instruction: str = PLAN_AND_SOLVE
     shared_prefill: bool = True  # prefill each prompt once and draw all N continuations from it
+    greedy_diagnostics: bool = True  # also decode each training question greedily (diagnostics only)
 
 
 @dataclass
 class ScoreConfig:
     utility: Literal["embedding", "bertscore", "rouge-l", "random"] = "embedding"
     backend: Literal["auto", "torch", "triton"] = "auto"
+    # Other utilities scored on the same samples, for the per-round diagnostics only.
+    diagnostic_utilities: list[str] = field(default_factory=lambda: ["random", "rouge-l"])
 
 
 @dataclass
@@ -111,7 +114,12 @@ class EvalConfig:
 
 @dataclass
 class PromoteConfig:
-    margin: float = 0.0  # candidate's mean SubEM must beat the champion's by more than this (points)
+    rule: Literal["margin", "bootstrap", "mcnemar"] = "bootstrap"
+    margin: float = 0.0  # the gain in mean-over-tasks SubEM must exceed this many points
+    confidence: float = 0.9  # bootstrap: lower bound of this two-sided CI > margin; mcnemar: p < 1 - confidence
+    bootstrap_samples: int = 2000
+    max_length_increase: float = 0.25  # flag a promotion whose mean output length grew by more than this share
+    block_on_length: bool = False  # refuse (rather than only flag) such a promotion
 
 
 @dataclass
@@ -221,6 +229,13 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     need(cfg.policy.threads >= 0, "policy", "threads", f"must be >= 0 (got {cfg.policy.threads})")
     need(cfg.eval.max_new_tokens >= 1, "eval", "max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
     need(cfg.eval.batch_size >= 1, "eval", "batch_size", f"must be >= 1 (got {cfg.eval.batch_size})")
+    utilities = ("embedding", "bertscore", "rouge-l", "random")
+    need(all(u in utilities for u in cfg.score.diagnostic_utilities), "score", "diagnostic_utilities",
+         f"must be a list from {', '.join(utilities)} (got {cfg.score.diagnostic_utilities})")
+    pr = cfg.promote
+    need(0.5 <= pr.confidence < 1, "promote", "confidence", f"must be in [0.5, 1) (got {pr.confidence})")
+    need(pr.bootstrap_samples >= 100, "promote", "bootstrap_samples", f"must be >= 100 (got {pr.bootstrap_samples})")
+    need(pr.max_length_increase >= 0, "promote", "max_length_increase", f"must be >= 0 (got {pr.max_length_increase})")
     need(cfg.embedder.batch_size >= 1, "embedder", "batch_size", f"must be >= 1 (got {cfg.embedder.batch_size})")
     for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
         if not (spec.startswith("bundled:") or spec == "tiny-random-llama"):

@@ -140,6 +140,33 @@ MIGRATIONS: list[tuple[str, str]] = [
             FROM evals GROUP BY model_key, task;
         """,
     ),
+    (
+        "0002_diagnostics",
+        """
+        CREATE TABLE greedy (
+            id INTEGER PRIMARY KEY,
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            question_id TEXT NOT NULL REFERENCES questions(id),
+            text TEXT NOT NULL,
+            n_tokens INTEGER NOT NULL,
+            UNIQUE (round_id, question_id)
+        );
+        CREATE TABLE sample_scores (
+            sample_id INTEGER NOT NULL REFERENCES samples(id),
+            utility TEXT NOT NULL,                        -- embedding | bertscore | rouge-l | random
+            score REAL NOT NULL,
+            PRIMARY KEY (sample_id, utility)
+        );
+        CREATE TABLE diagnostics (
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            utility TEXT NOT NULL,                        -- '-' for metrics that do not depend on a utility
+            metric TEXT NOT NULL,                         -- greedy | random_sample | mean_sample | oracle | mbr | chosen | rejected
+            value REAL NOT NULL,                          -- SubEM in percent
+            n INTEGER NOT NULL,                           -- questions it is computed over
+            PRIMARY KEY (round_id, utility, metric)
+        );
+        """,
+    ),
 ]
 
 

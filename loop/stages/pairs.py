@@ -6,11 +6,13 @@ are skipped and counted; so are questions whose lower half holds only copies of 
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
 from itertools import groupby
 from typing import Any
 
+from sealong.loop import diagnostics
 from sealong.loop.stages.base import StageContext
 from sealong.store.db import Transaction, rows
 
@@ -41,7 +43,13 @@ def run(ctx: StageContext) -> None:
             skipped[result] = skipped.get(result, 0) + 1
             continue
         made.append((qid, result[0]["id"], result[1]["id"]))
+    diag = diagnostics.compute(_question_samples(ctx, samples, {m[0]: m[1:] for m in made}))
     with Transaction(ctx.db):
+        ctx.db.execute("DELETE FROM diagnostics WHERE round_id = ?", (ctx.round_id,))
+        ctx.db.conn.executemany(
+            "INSERT INTO diagnostics (round_id, utility, metric, value, n) VALUES (?, ?, ?, ?, ?)",
+            [(ctx.round_id, d["utility"], d["metric"], d["value"], d["n"]) for d in diag],
+        )
         ctx.db.execute("DELETE FROM pairs WHERE round_id = ?", (ctx.round_id,))
         ctx.db.conn.executemany(
             "INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id) VALUES (?, ?, ?, ?)",
@@ -49,4 +57,27 @@ def run(ctx: StageContext) -> None:
         )
         if skipped:
             ctx.event(f"skipped {sum(skipped.values())} degenerate question(s): {skipped}", "warn")
-        ctx.mark_done({"pairs": len(made), "skipped": skipped})
+        ctx.mark_done({"pairs": len(made), "skipped": skipped,
+                       "diagnostics": {f"{d['metric']}/{d['utility']}": round(d["value"], 2) for d in diag}})
+
+
+def _question_samples(ctx: StageContext, samples: list[dict], pairs: dict[str, tuple[int, int]]) -> list[diagnostics.QuestionSamples]:
+    """Gather gold answers, samples, every utility's scores and greedy answers per question."""
+    answers = {r["id"]: json.loads(r["answers_json"]) for r in rows(ctx.db, "SELECT id, answers_json FROM questions WHERE split = 'train'")}
+    greedy = {r["question_id"]: r["text"] for r in rows(ctx.db, "SELECT question_id, text FROM greedy WHERE round_id = ?", (ctx.round_id,))}
+    scores: dict[int, dict[str, float]] = {}
+    for r in rows(ctx.db, "SELECT ss.sample_id, ss.utility, ss.score FROM sample_scores ss JOIN samples s ON s.id = ss.sample_id "
+                          "WHERE s.round_id = ?", (ctx.round_id,)):
+        scores.setdefault(r["sample_id"], {})[r["utility"]] = r["score"]
+    out = []
+    for qid, group in groupby(samples, key=lambda s: s["question_id"]):
+        group = list(group)
+        index = {s["id"]: i for i, s in enumerate(group)}
+        utilities = set().union(*(scores.get(s["id"], {}).keys() for s in group))
+        out.append(diagnostics.QuestionSamples(
+            answers=answers.get(qid, []), samples=[s["text"] for s in group],
+            scores={u: [scores.get(s["id"], {}).get(u, float("-inf")) for s in group] for u in utilities},
+            greedy=greedy.get(qid),
+            pair=(index[pairs[qid][0]], index[pairs[qid][1]]) if qid in pairs else None,
+        ))
+    return out

@@ -1,30 +1,44 @@
-"""Promote stage: the candidate becomes champion if its mean SubEM (mean over eval tasks) beats the
-champion's (the base model before any promotion) by more than `promote.margin` points."""
+"""Promote stage: the candidate becomes champion only if the gate says it beats the champion.
+
+The gate (sealong.loop.gate) compares both models on the same eval questions, paired: by default a
+stratified paired bootstrap on the gain in mean-over-tasks SubEM. The decision, gain, confidence
+interval, p-value and output-length ratio are recorded on the round and shown by `status`.
+"""
 
 from __future__ import annotations
 
 import time
 
+from sealong.loop import gate
 from sealong.loop.stages.base import StageContext, champion
 from sealong.store.db import Transaction, dumps, rows
 
 
-def mean_subem(ctx: StageContext, model_key: str) -> float | None:
-    per_task = rows(ctx.db, "SELECT subem FROM eval_summary WHERE model_key = ?", (model_key,))
-    return sum(r["subem"] for r in per_task) / len(per_task) if per_task else None
+def per_question(ctx: StageContext, model_key: str) -> tuple[dict[str, list[float]], float]:
+    """task -> SubEM per eval question (question order fixed), and mean output tokens."""
+    got = rows(ctx.db, "SELECT e.task, e.subem, e.n_tokens FROM evals e JOIN questions q ON q.id = e.question_id "
+                       "WHERE e.model_key = ? ORDER BY q.pool_index", (model_key,))
+    if not got:
+        raise RuntimeError(f"no eval results for {model_key}")
+    by_task: dict[str, list[float]] = {}
+    for r in got:
+        by_task.setdefault(r["task"], []).append(r["subem"])
+    return by_task, sum(r["n_tokens"] for r in got) / len(got)
 
 
 def run(ctx: StageContext) -> None:
+    p = ctx.cfg.promote
     candidate = ctx.round["candidate_adapter_id"]
     champ = champion(ctx.db, ctx.run_id)
     champ_key = champ["id"] if champ else "base"
-    cand_score, champ_score = mean_subem(ctx, candidate), mean_subem(ctx, champ_key)
-    if cand_score is None or champ_score is None:
-        raise RuntimeError(f"missing eval results (candidate {candidate}: {cand_score}, champion {champ_key}: {champ_score})")
-    gain = cand_score - champ_score
-    promoted = gain > ctx.cfg.promote.margin
-    decision = {"rule": "margin", "candidate": candidate, "champion": champ_key, "candidate_subem": cand_score,
-                "champion_subem": champ_score, "gain": gain, "margin": ctx.cfg.promote.margin, "promoted": promoted}
+    cand_scores, cand_tokens = per_question(ctx, candidate)
+    champ_scores, champ_tokens = per_question(ctx, champ_key)
+    d = gate.decide(cand_scores, champ_scores, p.rule, p.margin, p.confidence, p.bootstrap_samples,
+                    seed=ctx.cfg.run.seed + ctx.round_idx, cand_tokens=cand_tokens, champ_tokens=champ_tokens,
+                    max_length_increase=p.max_length_increase)
+    promoted = d.promoted and not (d.length_flag and p.block_on_length)
+    decision = {**d.to_dict(), "promoted": promoted, "candidate": candidate, "champion": champ_key,
+                "candidate_subem": gate.mean_over_tasks(cand_scores), "champion_subem": gate.mean_over_tasks(champ_scores)}
     with Transaction(ctx.db):
         if promoted:
             ctx.db.execute("UPDATE adapters SET status = 'retired' WHERE run_id = ? AND status = 'champion'", (ctx.run_id,))
@@ -33,5 +47,9 @@ def run(ctx: StageContext) -> None:
             ctx.db.execute("UPDATE adapters SET status = 'rejected' WHERE id = ?", (candidate,))
         ctx.db.execute("UPDATE rounds SET promoted = ?, decision_json = ? WHERE id = ?", (int(promoted), dumps(decision), ctx.round_id))
         verdict = "promoted to champion" if promoted else "not promoted"
-        ctx.event(f"{candidate} {verdict}: SubEM {cand_score:.1f} vs {champ_key} {champ_score:.1f} (gain {gain:+.1f}, margin {ctx.cfg.promote.margin})")
+        ctx.event(f"{candidate} {verdict}: SubEM {decision['candidate_subem']:.1f} vs {champ_key} "
+                  f"{decision['champion_subem']:.1f} ({d.rule}: {d.reason})")
+        if d.length_flag:
+            ctx.event(f"{candidate}: mean output length {cand_tokens:.0f} vs {champ_tokens:.0f} tokens "
+                      f"({d.length_ratio:.2f}x); part of the gain may be length", "warn")
         ctx.mark_done({**decision, "decided_at": time.time()})

@@ -12,7 +12,7 @@ import zlib
 
 from sealong.loop.models import load_policy, load_tokenizer
 from sealong.loop.prompts import build_prompt
-from sealong.loop.sampling import sample_n
+from sealong.loop.sampling import greedy_batch, sample_n
 from sealong.loop.stages.base import StageContext
 from sealong.loop.stages.common import base_dir, verified_adapter_dir
 from sealong.store.db import Transaction, rows
@@ -60,8 +60,28 @@ def run(ctx: StageContext) -> None:
         ctx.progress(done_q, len(questions), "questions", f"{rate:.1f} tok/s", force=True)
     if truncated:
         ctx.event(f"{truncated} prompt(s) longer than policy.max_prompt_tokens were truncated in the middle", "warn")
+    if cfg.sample.greedy_diagnostics:
+        _greedy_pass(ctx, model, tok, questions)
     with Transaction(ctx.db):
         stats = rows(ctx.db, "SELECT COUNT(*) AS n, AVG(n_tokens) AS mean_tokens, SUM(truncated) AS truncated "
                              "FROM samples WHERE round_id = ?", (ctx.round_id,))[0]
         ctx.mark_done({"questions": len(questions), "samples": stats["n"], "mean_tokens": stats["mean_tokens"],
                        "truncated_samples": stats["truncated"], "seconds": time.monotonic() - t0, "generated_tokens": tokens})
+
+
+def _greedy_pass(ctx: StageContext, model, tok, questions: list[dict]) -> None:
+    """Greedy answers to the training questions, for the diagnostics only (never trained on)."""
+    cfg = ctx.cfg
+    have = {r["question_id"] for r in rows(ctx.db, "SELECT question_id FROM greedy WHERE round_id = ?", (ctx.round_id,))}
+    todo = [q for q in questions if q["id"] not in have and q["answers_json"] != "[]"]
+    for i in range(0, len(todo), cfg.eval.batch_size):
+        batch = todo[i:i + cfg.eval.batch_size]
+        prompts = [build_prompt(tok, q["context"], q["question"], cfg.sample.instruction, cfg.policy.max_prompt_tokens)
+                   for q in batch]
+        outs = greedy_batch(model, tok, [p.input_ids for p in prompts], cfg.sample.max_new_tokens)
+        with Transaction(ctx.db):
+            ctx.db.conn.executemany(
+                "INSERT INTO greedy (round_id, question_id, text, n_tokens) VALUES (?, ?, ?, ?)",
+                [(ctx.round_id, q["id"], o.text, o.n_tokens) for q, o in zip(batch, outs)],
+            )
+        ctx.progress(i + len(batch), len(todo), "greedy", "diagnostics", force=True)
