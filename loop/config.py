@@ -107,6 +107,36 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Training at scale: torchrun processes, sequence parallelism (ring attention) within a group,
+    data parallelism across groups."""
+
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    sequence_parallel_size: int = 1  # ranks that split one sequence (ring attention)
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str = "localhost:29400"
+    rdzv_id: str = "sealong"
+    checkpoint_every: int = 0  # optimizer steps between resumable training checkpoints (0: none)
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+
+@dataclass
+class VllmConfig:
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    max_model_len: int = 32768
+    max_lora_rank: int = 128
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    dtype: Literal["bfloat16", "float16", "auto"] = "bfloat16"
+
+
+@dataclass
 class EvalConfig:
     max_new_tokens: int = 160
     batch_size: int = 4
@@ -133,6 +163,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
     source_path: str = field(default="<defaults>", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,6 +268,16 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     need(0.5 <= pr.confidence < 1, "promote", "confidence", f"must be in [0.5, 1) (got {pr.confidence})")
     need(pr.bootstrap_samples >= 100, "promote", "bootstrap_samples", f"must be >= 100 (got {pr.bootstrap_samples})")
     need(pr.max_length_increase >= 0, "promote", "max_length_increase", f"must be >= 0 (got {pr.max_length_increase})")
+    ds = cfg.distributed
+    need(ds.nnodes >= 1, "distributed", "nnodes", f"must be >= 1 (got {ds.nnodes})")
+    need(ds.nproc_per_node >= 1, "distributed", "nproc_per_node", f"must be >= 1 (got {ds.nproc_per_node})")
+    need(ds.sequence_parallel_size >= 1 and ds.world_size % ds.sequence_parallel_size == 0, "distributed",
+         "sequence_parallel_size", f"must divide the world size {ds.world_size} (got {ds.sequence_parallel_size})")
+    need(ds.checkpoint_every >= 0, "distributed", "checkpoint_every", f"must be >= 0 (got {ds.checkpoint_every})")
+    v = cfg.vllm
+    need(v.max_lora_rank >= cfg.train.lora_r, "vllm", "max_lora_rank", f"must be >= train.lora_r = {cfg.train.lora_r} (got {v.max_lora_rank})")
+    need(0 < v.gpu_memory_utilization <= 1, "vllm", "gpu_memory_utilization", f"must be in (0, 1] (got {v.gpu_memory_utilization})")
+    need(v.tensor_parallel_size >= 1 and v.data_parallel_size >= 1, "vllm", "tensor_parallel_size", "parallel sizes must be >= 1")
     need(cfg.embedder.batch_size >= 1, "embedder", "batch_size", f"must be >= 1 (got {cfg.embedder.batch_size})")
     for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
         if not (spec.startswith("bundled:") or spec == "tiny-random-llama"):

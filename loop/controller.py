@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import sqlite_utils
 from sealong.loop.config import Config, config_from_dict, dump_config_toml
 from sealong.loop.errors import SealongError, StageFailed, WorkdirBusy
+from sealong.loop.launch import stage_command
 from sealong.loop.stages.base import STAGES, champion
 from sealong.loop.tasks.records import QuestionRecord
 from sealong.store.artifacts import atomic_write_text
@@ -287,8 +287,7 @@ class Controller:
             attempt = one(self.db, "SELECT attempts FROM stages WHERE id = ?", (st["id"],))["attempts"] + 1
             log_path = logs / f"round{rnd['idx']:03d}-{st['name']}.log"
             with open(log_path, "ab") as log:
-                cmd = [sys.executable, "-P", "-m", "sealong.loop.stage_main", "--workdir", str(self.workdir),
-                       "--stage-id", str(st["id"]), "--parent-pid", str(os.getpid())]
+                cmd = stage_command(self.cfg, st["name"], self.workdir, st["id"])
                 self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               cwd=self.workdir)
                 with Transaction(self.db):

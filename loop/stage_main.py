@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,14 +22,29 @@ EXIT_RETRYABLE, EXIT_FATAL = 1, 3
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Linux: get SIGKILL when the controller dies, so a killed controller leaves no orphan stage running."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(EXIT_RETRYABLE)
+    """Exit when the controller dies, so a killed controller leaves no stage running.
+
+    A direct child gets SIGKILL from the kernel (Linux PR_SET_PDEATHSIG). Under torchrun the parent is
+    the torchrun agent, so a watchdog thread also polls the controller's pid once a second.
+    """
+    if os.getppid() == parent_pid:
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(EXIT_RETRYABLE)
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="controller-watchdog", daemon=True).start()
 
 
 def _quiet_libraries() -> None:
