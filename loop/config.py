@@ -7,6 +7,7 @@ ConfigError naming the file, the line and the field. The embedded default is con
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -252,11 +253,8 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     need(0 <= d.near_miss_rate <= 1, "data", "near_miss_rate", f"must be in [0, 1] (got {d.near_miss_rate})")
     if d.train_source == "musique":
         need(bool(d.train_path), "data", "train_path", "is required when train_source = 'musique'")
-        need(not d.train_path or Path(d.train_path).is_file(), "data", "train_path", f"file not found: {d.train_path}")
     if d.eval_source == "longbench":
         need(len(d.eval_paths) > 0, "data", "eval_paths", "is required when eval_source = 'longbench'")
-        for ep in d.eval_paths:
-            need(Path(ep).is_file(), "data", "eval_paths", f"file not found: {ep}")
     need(cfg.policy.max_prompt_tokens >= 64, "policy", "max_prompt_tokens", f"must be >= 64 (got {cfg.policy.max_prompt_tokens})")
     need(cfg.policy.threads >= 0, "policy", "threads", f"must be >= 0 (got {cfg.policy.threads})")
     need(cfg.eval.max_new_tokens >= 1, "eval", "max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
@@ -279,14 +277,45 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     need(0 < v.gpu_memory_utilization <= 1, "vllm", "gpu_memory_utilization", f"must be in (0, 1] (got {v.gpu_memory_utilization})")
     need(v.tensor_parallel_size >= 1 and v.data_parallel_size >= 1, "vllm", "tensor_parallel_size", "parallel sizes must be >= 1")
     need(cfg.embedder.batch_size >= 1, "embedder", "batch_size", f"must be >= 1 (got {cfg.embedder.batch_size})")
-    for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
-        if not (spec.startswith("bundled:") or spec == "tiny-random-llama"):
-            need(Path(spec).is_dir(), section, key, f"model directory not found: {spec}")
     return p
 
 
-def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "") -> Config:
-    """Build and validate a Config; raise one ConfigError listing every problem."""
+def is_builtin_model(spec: str) -> bool:
+    return spec.startswith("bundled:") or spec == "tiny-random-llama"
+
+
+def path_problems(cfg: Config) -> list[tuple[str, str, str]]:
+    """(section, key, problem) for model directories and data files that do not exist on this machine."""
+    p = []
+    for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
+        if not is_builtin_model(spec) and not Path(spec).is_dir():
+            p.append((section, key, f"model directory not found: {spec}"))
+    d = cfg.data
+    if d.train_source == "musique" and d.train_path and not Path(d.train_path).is_file():
+        p.append(("data", "train_path", f"file not found: {d.train_path}"))
+    if d.eval_source == "longbench":
+        p += [("data", "eval_paths", f"file not found: {ep}") for ep in d.eval_paths if not Path(ep).is_file()]
+    return p
+
+
+def _expand_paths(cfg: Config) -> None:
+    """`~` and ${VARS} in model and data paths, so one config serves several machines."""
+    def expand(x: str) -> str:
+        return os.path.expanduser(os.path.expandvars(x)) if x else x
+
+    if not is_builtin_model(cfg.policy.model):
+        cfg.policy.model = expand(cfg.policy.model)
+    if not is_builtin_model(cfg.embedder.model):
+        cfg.embedder.model = expand(cfg.embedder.model)
+    cfg.data.train_path = expand(cfg.data.train_path)
+    cfg.data.eval_paths = [expand(x) for x in cfg.data.eval_paths]
+
+
+def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "", check_paths: bool = True) -> Config:
+    """Build and validate a Config; raise one ConfigError listing every problem.
+
+    check_paths=False skips the existence of model directories and data files (`doctor` reports those).
+    """
     problems: list[str] = []
 
     def where(section: str, key: str | None = None) -> str:
@@ -316,17 +345,16 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "") 
             kwargs[key] = float(v) if hints[key] is float else v
         sections[name] = cls(**kwargs)
     cfg = Config(**sections, source_path=path)
-    if not problems:
-        problems += [f"{where(s, k)}: {m}" for s, k, m in _value_problems(cfg)]
-    else:
-        # Value checks on a half-built config could repeat type errors; still report the clear ones.
-        problems += [f"{where(s, k)}: {m}" for s, k, m in _value_problems(cfg) if not any(f"[{s}] {k}:" in q for q in problems)]
+    _expand_paths(cfg)
+    # A key with a type error kept its default, so its value check would only repeat the problem.
+    value_problems = _value_problems(cfg) + (path_problems(cfg) if check_paths else [])
+    problems += [f"{where(s, k)}: {m}" for s, k, m in value_problems if not any(f"[{s}] {k}:" in q for q in problems)]
     if problems:
         raise ConfigError(path, problems)
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, check_paths: bool = True) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), ["file not found"])
@@ -335,7 +363,7 @@ def load_config(path: str | Path) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
-    return config_from_dict(raw, str(path), text)
+    return config_from_dict(raw, str(path), text, check_paths)
 
 
 def dump_config_toml(cfg: Config) -> str:

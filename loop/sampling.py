@@ -20,15 +20,15 @@ class Completion:
 
 def _decode(tokenizer, rows: torch.Tensor) -> list[Completion]:
     """Cut each row at its first EOS (or stop token) and decode."""
-    stop_ids = set(_stop_ids(tokenizer))
+    stops = set(stop_ids(tokenizer))
     out = []
     for row in rows.tolist():
-        n = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+        n = next((i for i, t in enumerate(row) if t in stops), len(row))
         out.append(Completion(tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
     return out
 
 
-def _stop_ids(tokenizer) -> list[int]:
+def stop_ids(tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
         tid = tokenizer.convert_tokens_to_ids(tok)
@@ -47,7 +47,7 @@ def sample_n(
     prompt = torch.tensor([input_ids], dtype=torch.long)
     gen_kwargs = dict(
         do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        eos_token_id=_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
     )
     if shared_prefill:
         from transformers import DynamicCache
@@ -72,6 +72,6 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
     out = model.generate(
         input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-        eos_token_id=_stop_ids(tokenizer), pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+        eos_token_id=stop_ids(tokenizer), pad_token_id=pad, temperature=None, top_p=None, top_k=None,
     )
     return _decode(tokenizer, out[:, width:])

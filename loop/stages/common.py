@@ -29,3 +29,12 @@ def verified_adapter_dir(ctx: StageContext, adapter_id: str | None) -> Path | No
     if actual != row["sha256"]:
         raise IntegrityError(f"adapter {adapter_id}: files in {path} do not match the recorded sha256 (corrupted?)")
     return path
+
+
+def policy_sampler(ctx: StageContext, adapter_id: str | None):
+    """(sampler, tokenizer) for base + the (verified) adapter, on the configured backend."""
+    from sealong.loop.samplers import make_sampler
+
+    adapter_dir = verified_adapter_dir(ctx, adapter_id)
+    sha = one(ctx.db, "SELECT sha256 FROM adapters WHERE id = ?", (adapter_id,))["sha256"] if adapter_id else None
+    return make_sampler(ctx.cfg, base_dir(ctx), adapter_id, adapter_dir, sha, ctx.cfg.run.seed + ctx.round_idx)

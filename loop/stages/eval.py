@@ -10,11 +10,9 @@ import json
 import time
 
 from sealong.loop.metrics import subem
-from sealong.loop.models import load_policy, load_tokenizer
 from sealong.loop.prompts import build_prompt
-from sealong.loop.sampling import greedy_batch
 from sealong.loop.stages.base import StageContext
-from sealong.loop.stages.common import base_dir, verified_adapter_dir
+from sealong.loop.stages.common import policy_sampler
 from sealong.store.db import Transaction, one, rows
 
 
@@ -24,15 +22,14 @@ def evaluate_model(ctx: StageContext, model_key: str, adapter_id: str | None, of
     done = {r["question_id"] for r in rows(ctx.db, "SELECT question_id FROM evals WHERE model_key = ?", (model_key,))}
     todo = [q for q in questions if q["id"] not in done]
     if todo:
-        base = base_dir(ctx)
-        tok = load_tokenizer(base, cfg.policy.trust_remote_code)
-        model = load_policy(base, verified_adapter_dir(ctx, adapter_id), cfg.policy.dtype, cfg.policy.trust_remote_code)
+        sampler, tok = policy_sampler(ctx, adapter_id)
         finished, t0 = len(questions) - len(todo), time.monotonic()
-        for i in range(0, len(todo), cfg.eval.batch_size):
-            batch = todo[i:i + cfg.eval.batch_size]
-            prompts = [build_prompt(tok, q["context"], q["question"], cfg.sample.instruction, cfg.policy.max_prompt_tokens)
+        step = max(sampler.chunk, cfg.eval.batch_size)
+        for i in range(0, len(todo), step):
+            batch = todo[i:i + step]
+            prompts = [build_prompt(tok, q["context"], q["question"], cfg.sample.instruction, sampler.prompt_budget)
                        for q in batch]
-            outs = greedy_batch(model, tok, [p.input_ids for p in prompts], cfg.eval.max_new_tokens)
+            outs = sampler.greedy([p.input_ids for p in prompts], cfg.eval.max_new_tokens)
             with Transaction(ctx.db):
                 for q, o in zip(batch, outs):
                     ctx.db.execute(
