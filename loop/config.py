@@ -49,6 +49,7 @@ class PolicyConfig:
 class EmbedderConfig:
     model: str = "bundled:all-minilm-l6-v2"
     batch_size: int = 64
+    trust_remote_code: bool = False  # jina-embeddings-v3 (the paper's embedder) needs it
 
 
 @dataclass
@@ -275,7 +276,9 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     v = cfg.vllm
     need(v.max_lora_rank >= cfg.train.lora_r, "vllm", "max_lora_rank", f"must be >= train.lora_r = {cfg.train.lora_r} (got {v.max_lora_rank})")
     need(0 < v.gpu_memory_utilization <= 1, "vllm", "gpu_memory_utilization", f"must be in (0, 1] (got {v.gpu_memory_utilization})")
-    need(v.tensor_parallel_size >= 1 and v.data_parallel_size >= 1, "vllm", "tensor_parallel_size", "parallel sizes must be >= 1")
+    need(v.tensor_parallel_size >= 1, "vllm", "tensor_parallel_size", f"must be >= 1 (got {v.tensor_parallel_size})")
+    need(v.data_parallel_size == 1, "vllm", "data_parallel_size",
+         f"only 1 is supported so far (got {v.data_parallel_size}); use tensor_parallel_size to span GPUs")
     need(cfg.embedder.batch_size >= 1, "embedder", "batch_size", f"must be >= 1 (got {cfg.embedder.batch_size})")
     return p
 
@@ -286,15 +289,19 @@ def is_builtin_model(spec: str) -> bool:
 
 def path_problems(cfg: Config) -> list[tuple[str, str, str]]:
     """(section, key, problem) for model directories and data files that do not exist on this machine."""
+    def unset(path: str) -> str:
+        names = re.findall(r"\$\{?(\w+)\}?", path)
+        return f" (environment variable {', '.join(names)} is not set)" if names else ""
+
     p = []
     for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
         if not is_builtin_model(spec) and not Path(spec).is_dir():
-            p.append((section, key, f"model directory not found: {spec}"))
+            p.append((section, key, f"model directory not found: {spec}{unset(spec)}"))
     d = cfg.data
     if d.train_source == "musique" and d.train_path and not Path(d.train_path).is_file():
-        p.append(("data", "train_path", f"file not found: {d.train_path}"))
+        p.append(("data", "train_path", f"file not found: {d.train_path}{unset(d.train_path)}"))
     if d.eval_source == "longbench":
-        p += [("data", "eval_paths", f"file not found: {ep}") for ep in d.eval_paths if not Path(ep).is_file()]
+        p += [("data", "eval_paths", f"file not found: {ep}{unset(ep)}") for ep in d.eval_paths if not Path(ep).is_file()]
     return p
 
 

@@ -166,7 +166,10 @@ def resolve_embedder(spec: str) -> Path:
     return Path(spec)
 
 
-def load_embedder(spec: str):
+def load_embedder(spec: str, trust_remote_code: bool = False):
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(resolve_embedder(spec)), device="cpu", local_files_only=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SentenceTransformer(str(resolve_embedder(spec)), device=device, local_files_only=True,
+                               trust_remote_code=trust_remote_code)

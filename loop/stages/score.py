@@ -22,14 +22,15 @@ from sealong.store.db import Transaction, rows
 class Scorer:
     """Scores for one question's samples under each utility; loads the embedder once, on first use."""
 
-    def __init__(self, embedder_spec: str, batch_size: int, backend: str, seed: int):
+    def __init__(self, embedder_spec: str, batch_size: int, backend: str, seed: int, trust_remote_code: bool = False):
         self.spec, self.batch_size, self.backend, self.seed = embedder_spec, batch_size, backend, seed
+        self.trust_remote_code = trust_remote_code
         self._embedder = None
 
     @property
     def embedder(self):
         if self._embedder is None:
-            self._embedder = load_embedder(self.spec)
+            self._embedder = load_embedder(self.spec, self.trust_remote_code)
         return self._embedder
 
     def scores(self, utility: str, texts_by_q: list[list[str]]) -> list[float]:
@@ -64,7 +65,8 @@ def run(ctx: StageContext) -> None:
     samples = rows(ctx.db, "SELECT id, question_id, text FROM samples WHERE round_id = ? ORDER BY question_id, sample_idx",
                    (ctx.round_id,))
     texts_by_q = [[s["text"] for s in g] for _, g in groupby(samples, key=lambda s: s["question_id"])]
-    scorer = Scorer(cfg.embedder.model, cfg.embedder.batch_size, cfg.score.backend, cfg.run.seed * 7919 + ctx.round_idx)
+    scorer = Scorer(cfg.embedder.model, cfg.embedder.batch_size, cfg.score.backend, cfg.run.seed * 7919 + ctx.round_idx,
+                    cfg.embedder.trust_remote_code)
     utilities = [cfg.score.utility] + [u for u in cfg.score.diagnostic_utilities if u != cfg.score.utility]
     by_utility, skipped = {}, []
     for k, utility in enumerate(utilities):
