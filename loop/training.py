@@ -1,13 +1,20 @@
-"""ORPO training of a LoRA adapter on preference pairs (SEALONG's recipe).
+"""ORPO training of a LoRA adapter on preference pairs (SEALONG's recipe), on one process or many.
 
 Loss per pair (DESIGN.md §1): NLL over the chosen response tokens only (the prompt is masked) +
 beta · (−log σ(log odds(chosen) − log odds(rejected))), with length-averaged response log-probs.
 The loss is computed from the decoder's last hidden states and lm_head's weight by sealong.kernels.orpo,
-so a fused, token-chunked backend never builds full [T, V] logits.
+so the fused, token-chunked backend never builds full [T, V] logits.
+
+At scale (loop/parallel.py): each sequence-parallel group splits every sequence into zigzag shards
+(ring attention, loss sums all-reduced in the SP group); data-parallel groups take different micro-batches.
+LoRA gradients are summed over the SP group (each rank holds its tokens' share) and over DP (each group
+its micro-batches), with every micro-batch loss scaled by 1 / (micro-batches in the step): the update
+equals the single-process one. Checkpoints every K optimizer steps make a killed training resumable.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -17,8 +24,10 @@ from pathlib import Path
 
 import torch
 from sealong.kernels import orpo as orpo_kernels
+from sealong.kernels.distributed import all_reduce_grads
 from sealong.loop.config import TrainConfig
 from sealong.loop.errors import SealongError
+from sealong.loop.parallel import Parallel
 
 IGNORE = orpo_kernels.IGNORE_INDEX
 
@@ -45,8 +54,7 @@ def encode_response(tokenizer, prompt_ids: list[int], response: str, max_length:
     return prompt + resp, [IGNORE] * len(prompt) + resp
 
 
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
+def _pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
 
 
@@ -69,87 +77,161 @@ def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
     return get_peft_model(model, lora)
 
 
-def _orpo(cfg: TrainConfig):
-    if cfg.loss == "naive":
-        return orpo_kernels.orpo_loss_reference
-    dispatch = getattr(orpo_kernels, "orpo_loss", None)
-    if dispatch is None:
-        raise SealongError(f"train.loss = {cfg.loss!r} is not available in this build; use 'naive'")
-    return lambda *a, **k: dispatch(*a, backend=cfg.loss, **k)
-
-
 def decoder_and_head(peft_model):
     causal = peft_model.get_base_model()
     return getattr(causal, causal.base_model_prefix), causal.get_output_embeddings()
 
 
-def orpo_step_loss(peft_model, batch: list[PairExample], beta: float, loss_fn, pad_id: int):
-    """Forward chosen and rejected sequences together; return the OrpoOutput and the token count."""
-    decoder, head = decoder_and_head(peft_model)
-    ids = [b.chosen_ids for b in batch] + [b.rejected_ids for b in batch]
-    labels = [b.chosen_labels for b in batch] + [b.rejected_labels for b in batch]
-    input_ids, label_t = _pad(ids, pad_id), _pad(labels, IGNORE)
-    mask = _pad([[1] * len(s) for s in ids], 0)
-    hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [2B, T, H]
-    h, lab = hidden[:, :-1], label_t[:, 1:]  # hidden[t] predicts token t+1
-    b = len(batch)
-    out = loss_fn(h[:b], h[b:], head.weight, lab[:b], lab[b:], beta=beta)
-    return out, int(mask.sum())
+def use_ring_attention(peft_model) -> None:
+    """Route the model's attention through the torch ring attention (sequence parallelism)."""
+    from sealong.kernels.ring_attention import register_hf_ring_attention
 
+    peft_model.get_base_model().set_attn_implementation(register_hf_ring_attention())
+
+
+def orpo_step_loss(peft_model, batch: list[PairExample], beta: float, loss: str, pad_id: int,
+                   par: Parallel = Parallel(), chunk_size: int = 1024):
+    """Forward chosen and rejected sequences together; return the OrpoOutput and this rank's token count.
+
+    Labels are shifted at full length (label[t] = token t+1), then sequences are padded to a multiple of
+    2·SP and, under sequence parallelism, each rank takes its zigzag shard of tokens, labels and positions.
+    """
+    decoder, head = decoder_and_head(peft_model)
+    seqs = [b.chosen_ids for b in batch] + [b.rejected_ids for b in batch]
+    shifted = [lab[1:] + [IGNORE] for lab in [b.chosen_labels for b in batch] + [b.rejected_labels for b in batch]]
+    multiple = 2 * par.sp_size if par.sp_size > 1 else 1
+    width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
+    ids, labels = _pad(seqs, width, pad_id), _pad(shifted, width, IGNORE)
+    b = len(batch)
+    if par.sp_size > 1:
+        from sealong.kernels.ring_attention import sequence_parallel, shard_indices
+
+        idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag")
+        with sequence_parallel(par.sp_group):
+            hidden = decoder(input_ids=ids[:, idx], position_ids=idx.expand(len(seqs), -1)).last_hidden_state
+        labels, n_tok = labels[:, idx], len(idx) * len(seqs)
+    else:
+        mask = _pad([[1] * len(s) for s in seqs], width, 0)
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [2B, T, H]
+        n_tok = int(mask.sum())
+    out = orpo_kernels.orpo_loss(hidden[:b], hidden[b:], head.weight, labels[:b], labels[b:], beta=beta,
+                                 backend=loss, chunk_size=chunk_size if loss == "fused" else None, group=par.sp_group)
+    return out, n_tok
+
+
+def micro_batch_schedule(n_examples: int, cfg: TrainConfig, seed: int) -> list[list[int]]:
+    """Example indices per micro-batch, over all epochs, in a fixed (seeded) order: resumable by position."""
+    rng, schedule = random.Random(seed), []
+    for _ in range(cfg.epochs):
+        order = list(range(n_examples))
+        rng.shuffle(order)
+        schedule += [order[i:i + cfg.batch_size] for i in range(0, n_examples, cfg.batch_size)]
+    return schedule
+
+
+# -- checkpoints (safetensors only) -------------------------------------------------------------------------
+
+def save_checkpoint(directory: Path, step: int, model, opt: torch.optim.Optimizer) -> Path:
+    from safetensors.torch import save_file
+    from sealong.store.artifacts import atomic_dir
+
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {f"param/{n}": p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    for p, state in opt.state.items():
+        for k, v in state.items():
+            tensors[f"opt/{names[id(p)]}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(directory / f"step-{step:06d}") as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps({"step": step}))
+    return directory / f"step-{step:06d}"
+
+
+def latest_checkpoint(directory: Path | None) -> Path | None:
+    if directory is None or not directory.is_dir():
+        return None
+    done = sorted(p for p in directory.glob("step-*") if (p / "meta.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model, opt: torch.optim.Optimizer) -> int:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "state.safetensors"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param/{n}"])
+    for n, p in params.items():
+        state = {k.rsplit("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"opt/{n}/")}
+        if state:
+            opt.state[p] = state
+    torch.set_rng_state(tensors["rng/torch"])
+    return json.loads((path / "meta.json").read_text())["step"]
+
+
+# -- the loop -------------------------------------------------------------------------------------------------
 
 def train_orpo(
     peft_model, examples: list[PairExample], cfg: TrainConfig, pad_id: int, seed: int,
-    on_step: Callable[[dict], None] = lambda s: None,
+    on_step: Callable[[dict], None] = lambda s: None, par: Parallel = Parallel(),
+    checkpoint_dir: Path | None = None, checkpoint_every: int = 0, stop_after: int | None = None,
 ) -> dict:
-    """One or more epochs of ORPO over the examples; returns a summary. Raises NonFiniteLoss on NaN/inf."""
+    """ORPO over the examples; returns a summary. Raises NonFiniteLoss on NaN/inf.
+
+    With checkpoint_dir, resumes from its latest checkpoint and (main rank) saves one every
+    `checkpoint_every` optimizer steps. stop_after: end after that many steps (tests of resumption).
+    """
     torch.manual_seed(seed)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total_steps = max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
+    schedule = micro_batch_schedule(len(examples), cfg, seed)
+    per_step = cfg.grad_accum * par.dp_size
+    total_steps = max(1, math.ceil(len(schedule) / per_step))
     warmup = int(total_steps * cfg.warmup_ratio)
 
     def lr_at(step: int) -> float:  # linear warm-up, then linear decay to 10% of lr
         if step < warmup:
             return cfg.lr * (step + 1) / (warmup + 1)
-        frac = (step - warmup) / max(1, total_steps - warmup)
-        return cfg.lr * (1.0 - 0.9 * frac)
+        return cfg.lr * (1.0 - 0.9 * (step - warmup) / max(1, total_steps - warmup))
 
-    loss_fn = _orpo(cfg)
-    rng = random.Random(seed)
+    resume = latest_checkpoint(checkpoint_dir)
+    start = load_checkpoint(resume, peft_model, opt) if resume else 0
+    if par.sp_size > 1:
+        use_ring_attention(peft_model)
     peft_model.train()
-    step, micro, history, t_tokens, t0 = 0, 0, [], 0, time.monotonic()
-    acc = {"loss": 0.0, "nll": 0.0, "or_loss": 0.0, "ratio": 0.0}
-    for _ in range(cfg.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), cfg.batch_size):
-            batch = [examples[i] for i in order[start:start + cfg.batch_size]]
-            out, n_tok = orpo_step_loss(peft_model, batch, cfg.beta, loss_fn, pad_id)
+    history, t_tokens, t0 = [], 0, time.monotonic()
+    for step in range(start, total_steps if stop_after is None else min(total_steps, stop_after)):
+        slots = schedule[step * per_step:(step + 1) * per_step]
+        mine = slots[par.dp_rank::par.dp_size]
+        acc = torch.zeros(4)  # loss, nll, or_loss, log-odds ratio: sums over this rank's micro-batches
+        for micro in mine:
+            out, n_tok = orpo_step_loss(peft_model, [examples[i] for i in micro], cfg.beta, cfg.loss, pad_id, par)
             if not torch.isfinite(out.loss):
                 raise NonFiniteLoss(f"non-finite ORPO loss ({out.loss.item()}) at optimizer step {step + 1}")
-            (out.loss / cfg.grad_accum).backward()
+            (out.loss / len(slots)).backward()
             t_tokens += n_tok
-            micro += 1
-            for k, v in (("loss", out.loss.item()), ("nll", out.nll.item()), ("or_loss", out.or_loss.item()),
-                         ("ratio", out.log_odds_ratio.mean().item())):
-                acc[k] += v / cfg.grad_accum
-            last = start + cfg.batch_size >= len(order)
-            if micro % cfg.grad_accum and not last:
-                continue
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            rec = {"step": step, "total_steps": total_steps, "loss": acc["loss"], "nll": acc["nll"],
-                   "or_loss": acc["or_loss"], "log_odds_ratio": acc["ratio"], "lr": lr_at(step - 1),
-                   "grad_norm": grad_norm, "tokens_per_s": t_tokens / max(time.monotonic() - t0, 1e-9)}
-            history.append(rec)
-            on_step(rec)
-            acc = dict.fromkeys(acc, 0.0)
-            micro = 0
+            acc += torch.tensor([out.loss.item(), out.nll.item(), out.or_loss.item(), out.log_odds_ratio.mean().item()])
+        all_reduce_grads(params, par.sp_group)
+        all_reduce_grads(params, par.dp_group)
+        if par.dp_group is not None:  # the logged loss is the mean over every micro-batch of the step
+            torch.distributed.all_reduce(acc, group=par.dp_group)
+        acc /= len(slots)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rec = {"step": step + 1, "total_steps": total_steps, "loss": acc[0].item(), "nll": acc[1].item(),
+               "or_loss": acc[2].item(), "log_odds_ratio": acc[3].item(), "lr": lr_at(step), "grad_norm": grad_norm,
+               "tokens_per_s": t_tokens / max(time.monotonic() - t0, 1e-9)}
+        history.append(rec)
+        on_step(rec)
+        if checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 \
+                and step + 1 < total_steps and par.is_main:
+            save_checkpoint(checkpoint_dir, step + 1, peft_model, opt)
     peft_model.eval()
-    return {"steps": step, "examples": len(examples), "first_loss": history[0]["loss"] if history else None,
-            "last_loss": history[-1]["loss"] if history else None, "seconds": time.monotonic() - t0}
+    return {"steps": (history[-1]["step"] if history else start), "resumed_from_step": start, "examples": len(examples),
+            "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
+            "seconds": time.monotonic() - t0, "world": par.world, "sequence_parallel": par.sp_size}

@@ -11,12 +11,13 @@ from __future__ import annotations
 import shutil
 import time
 
+from sealong.loop import parallel
 from sealong.loop.errors import SealongError
 from sealong.loop.models import load_causal_lm, load_tokenizer
 from sealong.loop.prompts import build_prompt
 from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
 from sealong.loop.stages.common import base_dir, verified_adapter_dir
-from sealong.loop.training import PairExample, add_lora, encode_response, train_orpo
+from sealong.loop.training import PairExample, add_lora, encode_response, latest_checkpoint, train_orpo
 from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
 from sealong.store.db import Transaction, dumps, rows
 
@@ -29,17 +30,29 @@ WHERE p.round_id = ? ORDER BY p.id
 
 
 def run(ctx: StageContext) -> None:
+    """One process, or every rank of a torchrun job (rank 0 alone writes files and rows)."""
+    par = parallel.setup(ctx.cfg.distributed.sequence_parallel_size, ctx.cfg.distributed.backend)
+    try:
+        _train(ctx, par)
+    finally:
+        parallel.teardown()
+
+
+def _train(ctx: StageContext, par: parallel.Parallel) -> None:
     cfg = ctx.cfg
     pairs = rows(ctx.db, PAIRS_SQL, (ctx.round_id,))
     if not pairs:
         raise SealongError("no preference pairs this round (every question was degenerate); nothing to train on")
     adapter_id = adapter_id_for_round(ctx.round_idx)
     adapters_dir = ctx.workdir / "adapters"
-    adapters_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(adapters_dir)
     final = adapters_dir / adapter_id
-    if final.exists():  # a killed attempt renamed it but never recorded it: not ours to trust
-        shutil.rmtree(final)
+    checkpoints = ctx.workdir / "checkpoints" / f"round{ctx.round_idx:03d}"
+    if par.is_main:
+        adapters_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(adapters_dir)
+        remove_stale_temps(checkpoints)
+        if final.exists():  # a killed attempt renamed it but never recorded it: not ours to trust
+            shutil.rmtree(final)
     base = base_dir(ctx)
     tok = load_tokenizer(base, cfg.policy.trust_remote_code)
     champ = champion(ctx.db, ctx.run_id)
@@ -54,6 +67,8 @@ def run(ctx: StageContext) -> None:
         examples.append(PairExample(c_ids, c_lab, r_ids, r_lab))
 
     def on_step(rec: dict) -> None:
+        if not par.is_main:
+            return
         ctx.db.execute(
             "INSERT INTO train_steps (round_id, step, loss, nll, or_loss, log_odds_ratio, lr, grad_norm, tokens_per_s, ts) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -63,9 +78,18 @@ def run(ctx: StageContext) -> None:
         ctx.progress(rec["step"], rec["total_steps"], "steps",
                      f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  {rec['tokens_per_s']:.0f} tok/s", force=True)
 
-    ctx.db.execute("DELETE FROM train_steps WHERE round_id = ?", (ctx.round_id,))
-    ctx.progress(0, 1, "steps", force=True)
-    summary = train_orpo(model, examples, cfg.train, tok.pad_token_id, cfg.run.seed + ctx.round_idx, on_step)
+    every = cfg.distributed.checkpoint_every
+    if par.is_main:
+        resumed = latest_checkpoint(checkpoints if every else None)
+        ctx.db.execute("DELETE FROM train_steps WHERE round_id = ? AND step > ?",
+                       (ctx.round_id, int(resumed.name.split("-")[1]) if resumed else 0))
+        if resumed:
+            ctx.event(f"resuming training from checkpoint {resumed.name}")
+        ctx.progress(0, 1, "steps", force=True)
+    summary = train_orpo(model, examples, cfg.train, tok.pad_token_id, cfg.run.seed + ctx.round_idx, on_step, par,
+                         checkpoints if every else None, every)
+    if not par.is_main:
+        return
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     digest = sha256_dir(final)
@@ -80,3 +104,4 @@ def run(ctx: StageContext) -> None:
         ctx.db.execute("UPDATE rounds SET candidate_adapter_id = ? WHERE id = ?", (adapter_id, ctx.round_id))
         ctx.event(f"trained {adapter_id}: {summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}")
         ctx.mark_done({"adapter_id": adapter_id, "sha256": digest, **summary})
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is recorded: its checkpoints are spent

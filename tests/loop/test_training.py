@@ -63,13 +63,23 @@ def test_step_loss_is_response_only_orpo(tiny_model):
     cfg = TrainConfig(lora_r=4, lora_alpha=8)
     peft_model = add_lora(copy.deepcopy(model), cfg, None)
     ex = _examples(tok, 1)
-    out, _ = orpo_step_loss(peft_model, ex, 0.1, orpo_loss_reference, tok.pad_token_id)
+    out, _ = orpo_step_loss(peft_model, ex, 0.1, "naive", tok.pad_token_id)
     # Changing prompt labels to real tokens must change the NLL: so masking matters and is applied.
     leaky = [type(ex[0])(ex[0].chosen_ids, ex[0].chosen_ids, ex[0].rejected_ids, ex[0].rejected_labels)]
-    out_leaky, _ = orpo_step_loss(peft_model, leaky, 0.1, orpo_loss_reference, tok.pad_token_id)
+    out_leaky, _ = orpo_step_loss(peft_model, leaky, 0.1, "naive", tok.pad_token_id)
     assert not torch.isclose(out.nll, out_leaky.nll)
     # loss = nll + beta * or_loss, as in DESIGN.md §1
     torch.testing.assert_close(out.loss.detach(), out.nll + 0.1 * out.or_loss)
+    # The same numbers as the reference ORPO on the model's hidden states (shift by one, prompt masked).
+    decoder, head = peft_model.get_base_model().model, peft_model.get_base_model().lm_head
+    with torch.no_grad():
+        h = decoder(input_ids=torch.tensor([ex[0].chosen_ids])).last_hidden_state[:, :-1]
+        hr = decoder(input_ids=torch.tensor([ex[0].rejected_ids])).last_hidden_state[:, :-1]
+        ref = orpo_loss_reference(h, hr, head.weight, torch.tensor([ex[0].chosen_labels[1:]]),
+                                  torch.tensor([ex[0].rejected_labels[1:]]), beta=0.1)
+    torch.testing.assert_close(out.loss.detach(), ref.loss, rtol=1e-5, atol=1e-6)
+    fused, _ = orpo_step_loss(peft_model, ex, 0.1, "fused", tok.pad_token_id)
+    torch.testing.assert_close(fused.loss.detach(), out.loss.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_nf4_base_trains_on_cpu(tiny_model_dir):
@@ -85,3 +95,27 @@ def test_nf4_base_trains_on_cpu(tiny_model_dir):
     summary = train_orpo(peft_model, _examples(tok, 2), cfg, tok.pad_token_id, seed=0)
     assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]  # finite
     assert any(not torch.equal(p, dict(peft_model.named_parameters())[n]) for n, p in before.items())
+
+
+def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted(tiny_model, tmp_path):
+    model, tok = tiny_model
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lr=1e-2, lora_dropout=0.1, warmup_ratio=0.0, epochs=2)
+    examples = _examples(tok, 3)  # 6 steps over 2 epochs
+
+    def fresh():
+        torch.manual_seed(0)
+        return add_lora(copy.deepcopy(model), cfg, None)
+
+    straight = fresh()
+    train_orpo(straight, examples, cfg, tok.pad_token_id, seed=1)
+    interrupted = fresh()
+    ckpt = tmp_path / "ckpt"
+    first = train_orpo(interrupted, examples, cfg, tok.pad_token_id, seed=1, checkpoint_dir=ckpt, checkpoint_every=2,
+                       stop_after=3)  # "killed" after step 3: the last checkpoint is step 2
+    assert first["steps"] == 3 and [p.name for p in sorted(ckpt.iterdir())] == ["step-000002"]
+    resumed = fresh()
+    summary = train_orpo(resumed, examples, cfg, tok.pad_token_id, seed=1, checkpoint_dir=ckpt, checkpoint_every=2)
+    assert summary["resumed_from_step"] == 2 and summary["steps"] == 6
+    want, got = lora_parameters(straight), lora_parameters(resumed)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -1,0 +1,73 @@
+"""Process groups for training at scale: sequence parallelism inside a group, data parallelism across.
+
+World ranks are laid out in consecutive sequence-parallel groups: with world 8 and SP 4, ranks 0-3 and
+4-7 each split one sequence (ring attention); ranks {0, 4}, {1, 5}, … form the data-parallel groups that
+see different micro-batches. SP groups of consecutive ranks stay inside a node, where ring attention's
+point-to-point traffic runs over NVLink.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Parallel:
+    rank: int = 0
+    world: int = 1
+    sp_size: int = 1
+    sp_rank: int = 0
+    sp_group: dist.ProcessGroup | None = None
+    dp_size: int = 1
+    dp_rank: int = 0
+    dp_group: dist.ProcessGroup | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(sp_size: int, backend: str = "auto") -> Parallel:
+    """Join the torchrun job and build the SP and DP groups. A single process gets Parallel()."""
+    if not launched_by_torchrun():
+        return Parallel()
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return build_groups(sp_size)
+
+
+def build_groups(sp_size: int) -> Parallel:
+    """SP and DP groups over an initialised default group (every rank creates every group, same order)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % sp_size:
+        raise ValueError(f"sequence_parallel_size {sp_size} must divide the world size {world}")
+    p = Parallel(rank=rank, world=world, sp_size=sp_size, sp_rank=rank % sp_size, dp_size=world // sp_size,
+                 dp_rank=rank // sp_size)
+    for g in range(world // sp_size):
+        ranks = list(range(g * sp_size, (g + 1) * sp_size))
+        group = dist.new_group(ranks) if sp_size > 1 else None
+        if rank in ranks:
+            p.sp_group = group
+    for r in range(sp_size):
+        ranks = list(range(r, world, sp_size))
+        group = dist.new_group(ranks) if p.dp_size > 1 else None
+        if rank in ranks:
+            p.dp_group = group
+    return p
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

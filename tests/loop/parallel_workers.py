@@ -1,0 +1,66 @@
+"""Workers for tests/loop/test_parallel_training.py: each runs on every rank of a gloo group."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _entry(rank: int, world: int, init_file: str, fn, args: tuple) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world: int, *args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_entry, args=(world, os.path.join(d, "init"), fn, args), nprocs=world, join=True)
+
+
+def tiny_setup(grad_accum: int = 2):
+    """A tiny random LoRA Llama (no dropout) and 4 pairs of random token sequences with masked prompts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sealong.loop.config import TrainConfig
+    from sealong.loop.training import IGNORE, PairExample, add_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    base = LlamaForCausalLM(config)
+    base.config._attn_implementation = "eager"
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, lr=1e-2, warmup_ratio=0.0, batch_size=1, grad_accum=grad_accum,
+                      loss="fused")
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for i in range(4):
+        prompt = torch.randint(3, 128, (9 + i,), generator=g).tolist()
+        chosen = torch.randint(3, 128, (5 + i,), generator=g).tolist()
+        rejected = torch.randint(3, 128, (7,), generator=g).tolist()
+        examples.append(PairExample(prompt + chosen, [IGNORE] * len(prompt) + chosen,
+                                    prompt + rejected, [IGNORE] * len(prompt) + rejected))
+    torch.manual_seed(0)
+    model = add_lora(copy.deepcopy(base), cfg, None)
+    return model, examples, cfg
+
+
+def train_and_save(rank: int, world: int, sp_size: int, out_path: str) -> None:
+    from sealong.loop.parallel import build_groups
+    from sealong.loop.training import lora_parameters, train_orpo
+
+    par = build_groups(sp_size)
+    # The global batch is batch_size x grad_accum x data-parallel groups: keep it at 2 pairs.
+    model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size)
+    summary = train_orpo(model, examples, cfg, pad_id=0, seed=3, par=par)
+    if rank == 0:
+        torch.save({"lora": {n: p.detach().clone() for n, p in lora_parameters(model).items()}, "summary": summary},
+                   out_path)
