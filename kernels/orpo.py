@@ -1,4 +1,4 @@
-"""ORPO loss over response tokens only (SEALONG's recipe, DESIGN.md §1).
+"""ORPO loss over response tokens only (SEALONG's recipe, DESIGN.md §1): the public entry point.
 
 loss = NLL(chosen response) + beta · (−log σ(log_odds(chosen) − log_odds(rejected)))
 log_odds(y) = log p − log(1 − p), where log p is the length-averaged log-probability of y's response
@@ -6,72 +6,61 @@ tokens. Prompt tokens carry label ``ignore_index`` and count nowhere.
 
 Convention for every implementation here: ``hidden[b, t]`` predicts ``labels[b, t]`` (the caller has
 already shifted), ``weight`` is lm_head's [V, H] matrix.
+
+Backends (``orpo_loss(..., backend=)``):
+- ``naive``: ``orpo_loss_reference``, full [B, T, V] logits (``orpo_reference``).
+- ``fused``: ``fused_linear_orpo_loss``, token-chunked over response tokens, sequence-parallel aware
+  (``orpo_fused``).
+- ``liger``: ``liger_orpo_loss``, Liger-Kernel's batch-chunked loss, with Liger's NLL normalisation
+  (``orpo_liger``; no sequence parallelism).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
+from sealong.kernels.distributed import all_reduce_sum, group_size
+from sealong.kernels.orpo_fused import fused_linear_orpo_loss, response_logp_sums_chunked
+from sealong.kernels.orpo_liger import (
+    apply_liger_model_patches,
+    liger_orpo_loss,
+    orpo_loss_reference_liger_convention,
+)
+from sealong.kernels.orpo_reference import (
+    IGNORE_INDEX,
+    OrpoOutput,
+    orpo_from_sums,
+    orpo_loss_reference,
+    response_logp_sums_reference,
+)
 
-IGNORE_INDEX = -100
-
-
-@dataclass
-class OrpoOutput:
-    loss: torch.Tensor  # scalar, differentiable
-    nll: torch.Tensor  # scalar, detached: mean over pairs of the chosen response NLL
-    or_loss: torch.Tensor  # scalar, detached: mean over pairs of −log σ(log odds ratio)
-    log_odds_ratio: torch.Tensor  # [B], detached
-    chosen_logp: torch.Tensor  # [B], detached: length-averaged log p of chosen
-    rejected_logp: torch.Tensor  # [B], detached
-
-
-def orpo_from_sums(
-    chosen_sum: torch.Tensor,
-    chosen_count: torch.Tensor,
-    rejected_sum: torch.Tensor,
-    rejected_count: torch.Tensor,
-    beta: float,
-) -> OrpoOutput:
-    """The ORPO loss from per-sequence sums of response log-probs and response-token counts ([B] each)."""
-    chosen_logp = chosen_sum / chosen_count.clamp_min(1)
-    rejected_logp = rejected_sum / rejected_count.clamp_min(1)
-    # log(1 - p) = log1p(-exp(log p)); clamp keeps p < 1 so the odds stay finite.
-    def log_odds(logp: torch.Tensor) -> torch.Tensor:
-        logp = logp.clamp(max=-1e-6)
-        return logp - torch.log1p(-torch.exp(logp))
-
-    ratio = log_odds(chosen_logp) - log_odds(rejected_logp)
-    or_term = -F.logsigmoid(ratio)
-    nll = -chosen_logp
-    loss = (nll + beta * or_term).mean()
-    return OrpoOutput(
-        loss=loss,
-        nll=nll.mean().detach(),
-        or_loss=or_term.mean().detach(),
-        log_odds_ratio=ratio.detach(),
-        chosen_logp=chosen_logp.detach(),
-        rejected_logp=rejected_logp.detach(),
-    )
+__all__ = [
+    "IGNORE_INDEX",
+    "OrpoOutput",
+    "apply_liger_model_patches",
+    "fused_linear_orpo_loss",
+    "liger_orpo_loss",
+    "orpo_from_sums",
+    "orpo_loss",
+    "orpo_loss_reference",
+    "orpo_loss_reference_liger_convention",
+    "response_logp_sums_chunked",
+    "response_logp_sums_reference",
+]
+BACKENDS = ("naive", "fused", "liger")
 
 
-def response_logp_sums_reference(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence sum of response log-probs and response-token count, materialising [B, T, V] logits.
-
-    hidden: [B, T, H], weight: [V, H], labels: [B, T]. Returns (sums [B] fp32, counts [B] fp32).
-    """
-    logits = (hidden @ weight.t()).float()  # [B, T, V]
-    mask = labels != ignore_index
-    safe = labels.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # [B, T]
-    return (logp * mask).sum(-1), mask.sum(-1).float()
+def _naive_sequence_parallel(hc, hr, weight, lc, lr, beta, ignore_index, group) -> OrpoOutput:
+    """The naive reference under sequence parallelism: full logits of the local slice, all-reduced sums."""
+    c_sum, c_cnt = response_logp_sums_reference(hc, weight, lc, ignore_index)
+    r_sum, r_cnt = response_logp_sums_reference(hr, weight, lr, ignore_index)
+    B = c_sum.shape[0]
+    sums, counts = all_reduce_sum(torch.cat([c_sum, r_sum]), group), torch.cat([c_cnt, r_cnt])
+    dist.all_reduce(counts, group=group)
+    return orpo_from_sums(sums[:B], counts[:B], sums[B:], counts[B:], beta)
 
 
-def orpo_loss_reference(
+def orpo_loss(
     hidden_chosen: torch.Tensor,
     hidden_rejected: torch.Tensor,
     weight: torch.Tensor,
@@ -79,8 +68,23 @@ def orpo_loss_reference(
     labels_rejected: torch.Tensor,
     beta: float = 0.1,
     ignore_index: int = IGNORE_INDEX,
+    backend: str = "fused",
+    chunk_size: int | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> OrpoOutput:
-    """Naive ORPO: full logits for both sequences. The correctness reference and the memory baseline."""
-    c_sum, c_cnt = response_logp_sums_reference(hidden_chosen, weight, labels_chosen, ignore_index)
-    r_sum, r_cnt = response_logp_sums_reference(hidden_rejected, weight, labels_rejected, ignore_index)
-    return orpo_from_sums(c_sum, c_cnt, r_sum, r_cnt, beta)
+    """ORPO by the chosen backend. chunk_size: tokens per chunk for ``fused`` (default 1024), pairs per
+    chunk for ``liger`` (default 1); ignored by ``naive``. group: sequence-parallel group (not ``liger``)."""
+    args = (hidden_chosen, hidden_rejected, weight, labels_chosen, labels_rejected)
+    if backend == "fused":
+        return fused_linear_orpo_loss(*args, beta, ignore_index, chunk_size or 1024, group)
+    if backend == "naive":
+        if group is not None:
+            return _naive_sequence_parallel(*args, beta, ignore_index, group)
+        return orpo_loss_reference(*args, beta, ignore_index)
+    if backend == "liger":
+        if group_size(group) > 1:
+            raise ValueError(
+                "the liger ORPO backend does not support sequence parallelism; use backend='fused'"
+            )
+        return liger_orpo_loss(*args, beta, ignore_index, chunk_size or 1)
+    raise ValueError(f"ORPO backend must be one of {BACKENDS}, got {backend!r}")

@@ -28,10 +28,9 @@ def run_distributed(fn, world: int, *args) -> None:
 
 def tiny_setup(grad_accum: int = 2):
     """A tiny random LoRA Llama (no dropout) and 4 pairs of random token sequences with masked prompts."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from sealong.loop.config import TrainConfig
     from sealong.loop.training import IGNORE, PairExample, add_lora
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -1,5 +1,4 @@
 import pytest
-
 from sealong.loop import diagnostics, gate
 from sealong.loop.diagnostics import QuestionSamples
 

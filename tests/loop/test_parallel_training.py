@@ -12,7 +12,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from parallel_workers import run_distributed, tiny_setup, train_and_save  # noqa: E402
-
 from sealong.loop.training import lora_parameters, train_orpo  # noqa: E402
 
 from ..conftest import cli, write_config  # noqa: E402

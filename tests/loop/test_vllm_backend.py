@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from sealong.loop.config import config_from_dict
 from sealong.loop.errors import SealongError
 from sealong.loop.vllm_backend import adapter_ref, engine_kwargs, prompt_token_budget, sampling_kwargs
