@@ -1,9 +1,16 @@
 """The `sealong-loop` command line.
 
-    sealong-loop start  --config configs/tiny-cpu.toml --workdir runs/demo --max-rounds 1
-    sealong-loop status --workdir runs/demo
+    sealong-loop start   --config configs/tiny-cpu.toml --workdir runs/demo --max-rounds 1
+    sealong-loop status  --workdir runs/demo [--watch | --json]
     sealong-loop lineage --workdir runs/demo --json
-    sealong-loop stop   --workdir runs/demo
+    sealong-loop show    adapter-r000 --workdir runs/demo
+    sealong-loop query   "SELECT model_key, task, subem FROM eval_summary" --workdir runs/demo
+    sealong-loop report  --workdir runs/demo
+    sealong-loop export  champion --workdir runs/demo --out exported/ --merge
+    sealong-loop export-pairs 0 --workdir runs/demo --out pairs.jsonl
+    sealong-loop stop    --workdir runs/demo
+    sealong-loop doctor  --config configs/llama31-8b-8xh100.toml
+    sealong-loop verify  --workdir runs/demo --finished
 
 Library errors (bad config, bad data, a busy workdir, a failed stage) print one clear message and exit
 non-zero, without a traceback.
@@ -43,19 +50,42 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"TOML run config. Default: the embedded {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])} "
-                   "for a new workdir; the stored config when resuming.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"TOML run config. Default: the embedded {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[1])} "
+    "for a new workdir; the stored config when resuming.",
+)
 @click.option("--workdir", default=None, help=WORKDIR_HELP)
-@click.option("--max-rounds", type=click.IntRange(min=1), default=None, help="Total rounds for this run (overrides [run] max_rounds).")
-@click.option("--detach", is_flag=True, help="Run the controller in the background and return; watch it with `status`.")
-@click.option("--plain", is_flag=True, help="Print progress as plain lines instead of the live view (the default off a terminal).")
-def start(config_path: str | None, workdir: str | None, max_rounds: int | None, detach: bool, plain: bool) -> None:
+@click.option(
+    "--max-rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Total rounds for this run (overrides [run] max_rounds).",
+)
+@click.option(
+    "--detach",
+    is_flag=True,
+    help="Run the controller in the background and return; watch it with `status --watch`.",
+)
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Print progress as plain lines instead of the live view (the default off a terminal).",
+)
+def start(
+    config_path: str | None, workdir: str | None, max_rounds: int | None, detach: bool, plain: bool
+) -> None:
     """Start a run, or resume the run in WORKDIR at its first unfinished stage.
+
+    On a terminal it shows the live view of `status --watch` in the foreground, unless --detach or --plain.
 
     Example: sealong-loop start --config configs/tiny-cpu.toml --workdir runs/demo --max-rounds 1
     """
     from sealong.loop.controller import Controller, holder_pid, load_stored_config
+    from sealong.loop.live import LiveUI, PlainUI
     from sealong.store.db import connect, db_path
 
     wd = None if workdir is None else Path(workdir)
@@ -65,8 +95,10 @@ def start(config_path: str | None, workdir: str | None, max_rounds: int | None, 
     wd = (wd or _default_workdir(None, cfg.run.name if cfg else "tiny-cpu")).resolve()
     pid = holder_pid(wd)
     if pid:
-        raise SealongError(f"a controller (pid {pid}) is already running on {wd}; "
-                           f"watch it with `sealong-loop status --workdir {wd}` or stop it with `sealong-loop stop --workdir {wd}`")
+        raise SealongError(
+            f"a controller (pid {pid}) is already running on {wd}; "
+            f"watch it with `sealong-loop status --workdir {wd}` or stop it with `sealong-loop stop --workdir {wd}`"
+        )
     if detach:
         _detach(config_path, wd, max_rounds)
         return
@@ -75,7 +107,7 @@ def start(config_path: str | None, workdir: str | None, max_rounds: int | None, 
         cfg = load_stored_config(db, wd)
     console = Console()
     live_view = console.is_terminal and not plain
-    ui = _LiveUI(wd, console) if live_view else _PlainUI(wd, console)
+    ui = LiveUI(wd, console) if live_view else PlainUI(wd, console)
     console.print(f"sealong-loop: run '{cfg.run.name}' in {wd}  (config {cfg.source_path})")
     controller = Controller(wd, cfg, max_rounds, on_tick=ui.tick)
     with ui:
@@ -83,71 +115,6 @@ def start(config_path: str | None, workdir: str | None, max_rounds: int | None, 
     ui.final()
     if status == "failed":
         sys.exit(3)
-
-
-class _PlainUI:
-    """Off a terminal (CI, logs): new events as lines, and the running stage's progress every 10 s."""
-
-    def __init__(self, workdir: Path, console: Console):
-        self.workdir, self.console, self.last_event, self.last_progress = workdir, console, 0, 0.0
-        self.last_line = ""
-        self.db = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.tick()
-
-    def _db(self):
-        if self.db is None:
-            from sealong.store.db import connect
-
-            self.db = connect(self.workdir, readonly=True)
-        return self.db
-
-    def tick(self) -> None:
-        from sealong.store.db import one, rows
-
-        db = self._db()
-        for e in rows(db, "SELECT id, ts, stage, level, message FROM events WHERE id > ? ORDER BY id", (self.last_event,)):
-            self.last_event = e["id"]
-            stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-            self.console.print(f"[{stamp}] {e['level']:5} {e['stage'] or '-':8} {e['message']}", highlight=False, markup=False)
-        if time.monotonic() - self.last_progress > 10:
-            st = one(db, "SELECT name, progress_done, progress_total, progress_unit, progress_note FROM stages WHERE status = 'running'")
-            line = st and (f"           progress {st['name']:8} {st['progress_done']:g}/{st['progress_total']:g} "
-                           f"{st['progress_unit']} {st['progress_note']}")
-            if line and st["progress_total"] and line != self.last_line:
-                self.last_progress, self.last_line = time.monotonic(), line
-                self.console.print(line, highlight=False, markup=False)
-
-    def final(self) -> None:
-        from sealong.loop.monitor import load_state, render
-
-        self.console.print(render(load_state(self._db())))
-
-
-class _LiveUI(_PlainUI):
-    """On a terminal: the rich live view, refreshed from the store on every controller tick."""
-
-    def __enter__(self):
-        from rich.live import Live
-
-        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.live.__exit__(*exc)
-
-    def tick(self) -> None:
-        from sealong.loop.monitor import load_state, render
-
-        self.live.update(render(load_state(self._db(), os.getpid())))
-
-    def final(self) -> None:
-        pass
 
 
 def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
@@ -158,7 +125,9 @@ def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
     if max_rounds:
         cmd += ["--max-rounds", str(max_rounds)]
     log = open(wd / "controller.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     from sealong.loop.controller import holder_pid
 
     for _ in range(100):
@@ -166,14 +135,22 @@ def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
             break
         time.sleep(0.1)
     if proc.poll() is not None:
-        raise SealongError(f"the controller exited at once (code {proc.returncode}); see {wd / 'controller.log'}")
-    click.echo(f"controller started in the background (pid {proc.pid}); log: {wd / 'controller.log'}\n"
-               f"watch: sealong-loop status --workdir {wd}\nstop:  sealong-loop stop --workdir {wd}")
+        raise SealongError(
+            f"the controller exited at once (code {proc.returncode}); see {wd / 'controller.log'}"
+        )
+    click.echo(
+        f"controller started in the background (pid {proc.pid}); log: {wd / 'controller.log'}\n"
+        f"watch: sealong-loop status --workdir {wd}\nstop:  sealong-loop stop --workdir {wd}"
+    )
 
 
 @cli.command()
 @click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
-@click.option("--now", is_flag=True, help="Interrupt the stage in flight (it reruns on resume) instead of letting it finish.")
+@click.option(
+    "--now",
+    is_flag=True,
+    help="Interrupt the stage in flight (it reruns on resume) instead of letting it finish.",
+)
 def stop(workdir: str, now: bool) -> None:
     """Ask the controller to stop: after the stage in flight by default, at once with --now.
 
@@ -193,28 +170,66 @@ def stop(workdir: str, now: bool) -> None:
     running = one(db, "SELECT name FROM stages WHERE status = 'running'")
     if now:
         os.kill(pid, signal.SIGTERM)
-        click.echo(f"sent SIGTERM to controller pid {pid}: it interrupts {running['name'] if running else 'its work'} and stops within seconds")
+        click.echo(
+            f"sent SIGTERM to controller pid {pid}: it interrupts {running['name'] if running else 'its work'} and stops within seconds"
+        )
     else:
-        what = f"when the stage in flight ({running['name']}) finishes" if running else "before its next stage"
+        what = (
+            f"when the stage in flight ({running['name']}) finishes" if running else "before its next stage"
+        )
         click.echo(f"stop requested: controller pid {pid} stops {what}. Use --now to interrupt the stage.")
+
+
+def _readonly_db(workdir: str):
+    from sealong.store.db import connect
+
+    wd = Path(workdir).resolve()
+    return wd, connect(wd, readonly=True)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
 
 
 @cli.command()
 @click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
-def status(workdir: str, as_json: bool) -> None:
-    """Show the run: current stage and progress, rounds, eval metrics, recent events.
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep the view live (read-only), refreshed every --interval seconds; Ctrl-C leaves. "
+    "Waits for a run that has not started yet.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=1.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+def status(workdir: str, as_json: bool, watch: bool, interval: float) -> None:
+    """Show the run: current stage with progress and rates, champion and candidate, rounds, recent events.
 
-    Example: sealong-loop status --workdir runs/demo --json
+    Without --watch the view is printed once. The database is only read, never locked for writing, so
+    watching never slows the controller.
+
+    Example: sealong-loop status --workdir runs/demo --watch
     """
     from sealong.loop.controller import holder_pid
-    from sealong.loop.monitor import load_state, render
-    from sealong.store.db import connect
+    from sealong.loop.dashboard import render
+    from sealong.loop.monitor import load_state
 
-    wd = Path(workdir).resolve()
-    state = load_state(connect(wd, readonly=True), holder_pid(wd))
+    if watch and as_json:
+        raise SealongError("--watch and --json do not go together; use --json alone for one snapshot")
+    if watch:
+        from sealong.loop.live import watch as watch_loop
+
+        watch_loop(Path(workdir).resolve(), interval)
+        return
+    wd, db = _readonly_db(workdir)
+    state = load_state(db, holder_pid(wd), workdir=wd)
     if as_json:
-        click.echo(json.dumps(state.to_json(), indent=2, default=str))
+        _echo_json(state.to_json())
     else:
         Console().print(render(state))
 
@@ -223,33 +238,199 @@ def status(workdir: str, as_json: bool) -> None:
 @click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print adapters, parents and metrics as JSON.")
 def lineage(workdir: str, as_json: bool) -> None:
-    """The adapter tree: each adapter's parent (the champion that sampled its data), round, status, metrics.
+    """The adapter tree: each adapter's parent (the champion that sampled its data), round, status, SubEM per task.
 
     Example: sealong-loop lineage --workdir runs/demo --json
     """
-    from rich.tree import Tree
-    from sealong.store.db import connect, rows
-    from sealong.store.lineage import adapter_metrics
+    from sealong.loop.lineage_view import lineage as lineage_data
+    from sealong.loop.lineage_view import render_lineage
 
-    db = connect(Path(workdir).resolve(), readonly=True)
-    adapters = rows(db, "SELECT a.id, a.parent_id, a.status, a.sha256, a.path, r.idx AS round FROM adapters a "
-                        "JOIN rounds r ON r.id = a.round_id ORDER BY a.created_at")
-    metrics = {m["model_key"]: m for m in adapter_metrics(db)}
-    for a in adapters:
-        m = metrics.get(a["id"])
-        a["mean_subem"] = m["mean_subem"] if m else None
-        a["per_task"] = json.loads(m["per_task_json"]) if m else {}
-    base = metrics.get("base")
+    _, db = _readonly_db(workdir)
+    data = lineage_data(db)
     if as_json:
-        click.echo(json.dumps({"base": {"mean_subem": base["mean_subem"] if base else None}, "adapters": adapters}, indent=2))
-        return
-    root = Tree(f"base model  SubEM {base['mean_subem']:.1f}" if base else "base model")
-    nodes = {None: root}
-    for a in adapters:
-        score = f"SubEM {a['mean_subem']:.1f}" if a["mean_subem"] is not None else "not evaluated"
-        parent = nodes.get(a["parent_id"], root)
-        nodes[a["id"]] = parent.add(f"{a['id']}  round {a['round']}  {a['status']}  {score}  sha256 {a['sha256'][:12]}")
-    Console().print(root)
+        _echo_json(data)
+    else:
+        Console().print(render_lineage(data))
+
+
+@cli.command()
+@click.argument("adapter")
+@click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def show(adapter: str, workdir: str, as_json: bool) -> None:
+    """One adapter's record: parent chain, training config, the pairs that trained it (round, question ids,
+    count, sha256 of their texts), its metrics and promotion decision, and its weights (sha256 checked now).
+
+    ADAPTER is an adapter id (see `lineage`) or `champion`.
+
+    Example: sealong-loop show adapter-r001 --workdir runs/demo
+    """
+    from sealong.loop.lineage_view import adapter_details, render_details
+
+    wd, db = _readonly_db(workdir)
+    details = adapter_details(db, wd, adapter)
+    if as_json:
+        _echo_json(details)
+    else:
+        Console().print(render_details(details))
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list of objects.")
+def query(sql: str, workdir: str, as_json: bool) -> None:
+    """Run one SQL statement on the run's database, read-only: SQLite itself refuses any write.
+
+    Tables and views are listed in the README ("The database"); `eval_summary` holds SubEM per model and task.
+
+    Example: sealong-loop query "SELECT model_key, task, subem FROM eval_summary" --workdir runs/demo
+    """
+    from sealong.loop.lineage_view import query_json, render_query, run_query
+
+    _, db = _readonly_db(workdir)
+    columns, result = run_query(db, sql)
+    if as_json:
+        _echo_json(query_json(columns, result))
+    else:
+        Console().print(render_query(columns, result))
+
+
+@cli.command()
+@click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
+@click.option("--out", default=None, help="Output directory. Default: <workdir>/report.")
+def report(workdir: str, out: str | None) -> None:
+    """Write PNG plots (SubEM per round with promotion decisions, MBR diagnostics, stage wall times, training
+    loss) and a Markdown summary, report.md, that links them.
+
+    Example: sealong-loop report --workdir runs/demo --out runs/demo/report
+    """
+    from sealong.loop.report import write_report
+
+    wd, db = _readonly_db(workdir)
+    target = Path(out) if out else wd / "report"
+    written = write_report(db, target)
+    click.echo(f"wrote {len(written)} files to {target}: " + ", ".join(p.name for p in written))
+
+
+@cli.command()
+@click.argument("adapter")
+@click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
+@click.option("--out", required=True, help="New (or empty) output directory.")
+@click.option(
+    "--merge", is_flag=True, help="Merge the adapter into the base model and save a plain transformers model."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["bfloat16", "float32", "float16"]),
+    default="bfloat16",
+    show_default=True,
+    help="Weights dtype of the merged model (the merge itself is done in float32).",
+)
+def export(adapter: str, workdir: str, out: str, merge: bool, dtype: str) -> None:
+    """Export an adapter in PEFT format, or merged into the base model (--merge) as a transformers model directory.
+
+    ADAPTER is an adapter id (see `lineage`) or `champion`. Its files are checked against the recorded sha256
+    first. Load the result with `PeftModel.from_pretrained(base, OUT)` or `AutoModelForCausalLM.from_pretrained(OUT)`.
+
+    Example: sealong-loop export champion --workdir runs/demo --out exported/champion-merged --merge
+    """
+    from sealong.loop.export import export_adapter
+
+    wd, db = _readonly_db(workdir)
+    info = export_adapter(db, wd, adapter, Path(out), merge, dtype)
+    what = f"merged into the base model ({dtype})" if merge else "PEFT adapter"
+    click.echo(f"exported {info['adapter']} ({what}, sha256 verified) to {out}")
+
+
+@cli.command("export-pairs")
+@click.argument("round_idx", metavar="ROUND", type=click.IntRange(min=0))
+@click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
+@click.option("--out", required=True, help="JSONL file to write ('-' for stdout).")
+def export_pairs(round_idx: int, workdir: str, out: str) -> None:
+    """Export a round's preference pairs as JSONL {prompt, chosen, rejected}: TRL's DPO/ORPO format.
+
+    The prompt is the chat-templated plan-and-solve prompt the policy saw (context truncated the same way),
+    so the lines train another trainer exactly as they trained this round's adapter.
+
+    Example: sealong-loop export-pairs 0 --workdir runs/demo --out pairs-round0.jsonl
+    """
+    from sealong.loop.export import export_pairs as write_pairs
+
+    wd, db = _readonly_db(workdir)
+    n = write_pairs(db, wd, round_idx, out)
+    if out != "-":
+        click.echo(f"wrote {n} pairs of round {round_idx} to {out}")
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    help="Config to check against this machine. Default: the embedded configs/tiny-cpu.toml.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the probe and the checks as JSON.")
+def doctor(config_path: str | None, as_json: bool) -> None:
+    """What this machine can run (Python, torch, CUDA GPUs, optional packages) and what a config needs.
+
+    Lists every requirement of the config (GPUs for vLLM and sequence parallelism, vllm, flash-attn and
+    ring-flash-attn, bitsandbytes for NF4, model and data paths) as ok or MISSING, with the fix. Exits 1
+    when something is missing, so it can gate a launch script. Touches no network and loads no model.
+
+    Example: sealong-loop doctor --config configs/llama31-8b-8xh100.toml
+    """
+    from dataclasses import asdict
+
+    from sealong.loop.doctor import needs, probe, report
+
+    cfg = load_config(config_path or DEFAULT_CONFIG, check_paths=False)
+    p = probe()
+    if as_json:
+        checks = needs(cfg, p)
+        _echo_json(
+            {
+                "probe": asdict(p),
+                "config": str(cfg.source_path),
+                "checks": [{"need": w, "ok": ok, "fix": fix} for w, ok, fix in checks],
+                "ready": all(ok for _, ok, _ in checks),
+            }
+        )
+        ready = all(ok for _, ok, _ in checks)
+    else:
+        lines, ready = report(cfg, p)
+        for line in lines:
+            click.echo(line)
+    sys.exit(0 if ready else 1)
+
+
+@cli.command()
+@click.option("--workdir", default="runs/tiny-cpu", show_default=True, help="Run directory.")
+@click.option(
+    "--finished",
+    is_flag=True,
+    help="Also require a finished run: every round done and no temporary or unreferenced artifact left.",
+)
+def verify(workdir: str, finished: bool) -> None:
+    """Check a workdir's integrity, read-only: SQLite's own checks, every round's rows against its stage
+    states, the lineage (one champion, parents), and every adapter's files against their sha256.
+
+    Safe while a run writes (one read snapshot). Prints each problem on one line and exits 1 if there
+    is any; prints `ok` and exits 0 otherwise.
+
+    Example: sealong-loop verify --workdir runs/demo --finished
+    """
+    from sealong.loop.integrity import verify as check
+
+    wd, db = _readonly_db(workdir)  # a clear error when there is no database
+    db.conn.close()
+    problems = check(wd, finished=finished)
+    for p in problems:
+        click.echo(p)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {wd}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {wd} is consistent" + (" and finished" if finished else ""))
 
 
 def main() -> None:

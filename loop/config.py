@@ -7,6 +7,7 @@ ConfigError naming the file, the line and the field. The embedded default is con
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import typing
@@ -59,7 +60,8 @@ class DataConfig:
     train_pool_size: int = 64
     questions_per_round: int = 16
     eval_source: Literal["synthetic", "longbench"] = "synthetic"
-    eval_paths: list[str] = field(default_factory=list)  # LongBench JSONL files when eval_source = "longbench"
+    # LongBench JSONL files when eval_source = "longbench"
+    eval_paths: list[str] = field(default_factory=list)
     eval_questions_per_task: int = 10
     context_tokens_min: int = 400  # target context length, drawn uniformly per question
     context_tokens_max: int = 700
@@ -148,9 +150,11 @@ class EvalConfig:
 class PromoteConfig:
     rule: Literal["margin", "bootstrap", "mcnemar"] = "bootstrap"
     margin: float = 0.0  # the gain in mean-over-tasks SubEM must exceed this many points
-    confidence: float = 0.9  # bootstrap: lower bound of this two-sided CI > margin; mcnemar: p < 1 - confidence
+    # bootstrap: lower bound of this two-sided CI > margin; mcnemar: p < 1 - confidence
+    confidence: float = 0.9
     bootstrap_samples: int = 2000
-    max_length_increase: float = 0.25  # flag a promotion whose mean output length grew by more than this share
+    # flag a promotion whose mean output length grew by more than this share
+    max_length_increase: float = 0.25
     block_on_length: bool = False  # refuse (rather than only flag) such a promotion
 
 
@@ -175,7 +179,9 @@ class Config:
         return d
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config) if f.name != "source_path"}  # type: ignore[misc]
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory().__class__ for f in dataclasses.fields(Config) if f.name != "source_path"
+}  # type: ignore[misc]
 
 
 def _type_problem(value: Any, annotation: Any) -> str | None:
@@ -202,7 +208,7 @@ def _type_problem(value: Any, annotation: Any) -> str | None:
 def _line_of(text: str, section: str, key: str | None) -> int | None:
     """Line number of [section] (or of key inside it) in the TOML text; None if not found."""
     lines = text.splitlines()
-    in_section = False
+    in_section = section == ""  # "": keys before the first [section]
     for i, line in enumerate(lines, 1):
         stripped = line.strip()
         if stripped.startswith("["):
@@ -227,7 +233,12 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     need(r.max_rounds >= 1, "run", "max_rounds", f"must be >= 1 (got {r.max_rounds})")
     need(r.patience >= 1, "run", "patience", f"must be >= 1 (got {r.patience})")
     need(r.max_stage_retries >= 0, "run", "max_stage_retries", f"must be >= 0 (got {r.max_stage_retries})")
-    need(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", r.name)), "run", "name", f"must be letters, digits, _ . - (got {r.name!r})")
+    need(
+        bool(re.fullmatch(r"[A-Za-z0-9_.-]+", r.name)),
+        "run",
+        "name",
+        f"must be letters, digits, _ . - (got {r.name!r})",
+    )
     need(s.n >= 2, "sample", "n", f"must be >= 2: MBR needs at least two samples (got {s.n})")
     need(s.temperature > 0, "sample", "temperature", f"must be > 0 for sampling (got {s.temperature})")
     need(0 < s.top_p <= 1, "sample", "top_p", f"must be in (0, 1] (got {s.top_p})")
@@ -242,44 +253,124 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     need(t.grad_accum >= 1, "train", "grad_accum", f"must be >= 1 (got {t.grad_accum})")
     need(t.max_length >= 64, "train", "max_length", f"must be >= 64 (got {t.max_length})")
     need(0 <= t.warmup_ratio < 1, "train", "warmup_ratio", f"must be in [0, 1) (got {t.warmup_ratio})")
-    need("lm_head" not in t.target_modules, "train", "target_modules", "must not include lm_head (fused losses read lm_head.weight)")
+    need(
+        "lm_head" not in t.target_modules,
+        "train",
+        "target_modules",
+        "must not include lm_head (fused losses read lm_head.weight)",
+    )
     need(len(t.target_modules) > 0, "train", "target_modules", "must name at least one module")
     need(d.train_pool_size >= 1, "data", "train_pool_size", f"must be >= 1 (got {d.train_pool_size})")
-    need(1 <= d.questions_per_round <= d.train_pool_size, "data", "questions_per_round",
-         f"must be in [1, train_pool_size={d.train_pool_size}] (got {d.questions_per_round})")
-    need(d.eval_questions_per_task >= 1, "data", "eval_questions_per_task", f"must be >= 1 (got {d.eval_questions_per_task})")
-    need(0 < d.context_tokens_min <= d.context_tokens_max, "data", "context_tokens_min",
-         f"must be in (0, context_tokens_max={d.context_tokens_max}] (got {d.context_tokens_min})")
-    need(all(h in (1, 2, 3) for h in d.hops) and len(d.hops) > 0, "data", "hops", f"must be a non-empty list from 1, 2, 3 (got {d.hops})")
+    need(
+        1 <= d.questions_per_round <= d.train_pool_size,
+        "data",
+        "questions_per_round",
+        f"must be in [1, train_pool_size={d.train_pool_size}] (got {d.questions_per_round})",
+    )
+    need(
+        d.eval_questions_per_task >= 1,
+        "data",
+        "eval_questions_per_task",
+        f"must be >= 1 (got {d.eval_questions_per_task})",
+    )
+    need(
+        0 < d.context_tokens_min <= d.context_tokens_max,
+        "data",
+        "context_tokens_min",
+        f"must be in (0, context_tokens_max={d.context_tokens_max}] (got {d.context_tokens_min})",
+    )
+    need(
+        all(h in (1, 2, 3) for h in d.hops) and len(d.hops) > 0,
+        "data",
+        "hops",
+        f"must be a non-empty list from 1, 2, 3 (got {d.hops})",
+    )
     need(0 <= d.near_miss_rate <= 1, "data", "near_miss_rate", f"must be in [0, 1] (got {d.near_miss_rate})")
     if d.train_source == "musique":
         need(bool(d.train_path), "data", "train_path", "is required when train_source = 'musique'")
     if d.eval_source == "longbench":
         need(len(d.eval_paths) > 0, "data", "eval_paths", "is required when eval_source = 'longbench'")
-    need(cfg.policy.max_prompt_tokens >= 64, "policy", "max_prompt_tokens", f"must be >= 64 (got {cfg.policy.max_prompt_tokens})")
+    need(
+        cfg.policy.max_prompt_tokens >= 64,
+        "policy",
+        "max_prompt_tokens",
+        f"must be >= 64 (got {cfg.policy.max_prompt_tokens})",
+    )
     need(cfg.policy.threads >= 0, "policy", "threads", f"must be >= 0 (got {cfg.policy.threads})")
-    need(cfg.eval.max_new_tokens >= 1, "eval", "max_new_tokens", f"must be >= 1 (got {cfg.eval.max_new_tokens})")
+    need(
+        cfg.eval.max_new_tokens >= 1,
+        "eval",
+        "max_new_tokens",
+        f"must be >= 1 (got {cfg.eval.max_new_tokens})",
+    )
     need(cfg.eval.batch_size >= 1, "eval", "batch_size", f"must be >= 1 (got {cfg.eval.batch_size})")
     utilities = ("embedding", "bertscore", "rouge-l", "random")
-    need(all(u in utilities for u in cfg.score.diagnostic_utilities), "score", "diagnostic_utilities",
-         f"must be a list from {', '.join(utilities)} (got {cfg.score.diagnostic_utilities})")
+    need(
+        all(u in utilities for u in cfg.score.diagnostic_utilities),
+        "score",
+        "diagnostic_utilities",
+        f"must be a list from {', '.join(utilities)} (got {cfg.score.diagnostic_utilities})",
+    )
     pr = cfg.promote
     need(0.5 <= pr.confidence < 1, "promote", "confidence", f"must be in [0.5, 1) (got {pr.confidence})")
-    need(pr.bootstrap_samples >= 100, "promote", "bootstrap_samples", f"must be >= 100 (got {pr.bootstrap_samples})")
-    need(pr.max_length_increase >= 0, "promote", "max_length_increase", f"must be >= 0 (got {pr.max_length_increase})")
+    need(
+        pr.bootstrap_samples >= 100,
+        "promote",
+        "bootstrap_samples",
+        f"must be >= 100 (got {pr.bootstrap_samples})",
+    )
+    need(
+        pr.max_length_increase >= 0,
+        "promote",
+        "max_length_increase",
+        f"must be >= 0 (got {pr.max_length_increase})",
+    )
     ds = cfg.distributed
     need(ds.nnodes >= 1, "distributed", "nnodes", f"must be >= 1 (got {ds.nnodes})")
     need(ds.nproc_per_node >= 1, "distributed", "nproc_per_node", f"must be >= 1 (got {ds.nproc_per_node})")
-    need(ds.sequence_parallel_size >= 1 and ds.world_size % ds.sequence_parallel_size == 0, "distributed",
-         "sequence_parallel_size", f"must divide the world size {ds.world_size} (got {ds.sequence_parallel_size})")
-    need(ds.checkpoint_every >= 0, "distributed", "checkpoint_every", f"must be >= 0 (got {ds.checkpoint_every})")
+    need(
+        ds.sequence_parallel_size >= 1 and ds.world_size % ds.sequence_parallel_size == 0,
+        "distributed",
+        "sequence_parallel_size",
+        f"must divide the world size {ds.world_size} (got {ds.sequence_parallel_size})",
+    )
+    need(
+        ds.checkpoint_every >= 0,
+        "distributed",
+        "checkpoint_every",
+        f"must be >= 0 (got {ds.checkpoint_every})",
+    )
     v = cfg.vllm
-    need(v.max_lora_rank >= cfg.train.lora_r, "vllm", "max_lora_rank", f"must be >= train.lora_r = {cfg.train.lora_r} (got {v.max_lora_rank})")
-    need(0 < v.gpu_memory_utilization <= 1, "vllm", "gpu_memory_utilization", f"must be in (0, 1] (got {v.gpu_memory_utilization})")
-    need(v.tensor_parallel_size >= 1, "vllm", "tensor_parallel_size", f"must be >= 1 (got {v.tensor_parallel_size})")
-    need(v.data_parallel_size == 1, "vllm", "data_parallel_size",
-         f"only 1 is supported so far (got {v.data_parallel_size}); use tensor_parallel_size to span GPUs")
-    need(cfg.embedder.batch_size >= 1, "embedder", "batch_size", f"must be >= 1 (got {cfg.embedder.batch_size})")
+    need(
+        v.max_lora_rank >= cfg.train.lora_r,
+        "vllm",
+        "max_lora_rank",
+        f"must be >= train.lora_r = {cfg.train.lora_r} (got {v.max_lora_rank})",
+    )
+    need(
+        0 < v.gpu_memory_utilization <= 1,
+        "vllm",
+        "gpu_memory_utilization",
+        f"must be in (0, 1] (got {v.gpu_memory_utilization})",
+    )
+    need(
+        v.tensor_parallel_size >= 1,
+        "vllm",
+        "tensor_parallel_size",
+        f"must be >= 1 (got {v.tensor_parallel_size})",
+    )
+    need(
+        v.data_parallel_size == 1,
+        "vllm",
+        "data_parallel_size",
+        f"only 1 is supported so far (got {v.data_parallel_size}); use tensor_parallel_size to span GPUs",
+    )
+    need(
+        cfg.embedder.batch_size >= 1,
+        "embedder",
+        "batch_size",
+        f"must be >= 1 (got {cfg.embedder.batch_size})",
+    )
     return p
 
 
@@ -289,24 +380,62 @@ def is_builtin_model(spec: str) -> bool:
 
 def path_problems(cfg: Config) -> list[tuple[str, str, str]]:
     """(section, key, problem) for model directories and data files that do not exist on this machine."""
+
     def unset(path: str) -> str:
         names = re.findall(r"\$\{?(\w+)\}?", path)
         return f" (environment variable {', '.join(names)} is not set)" if names else ""
 
     p = []
-    for section, key, spec in (("policy", "model", cfg.policy.model), ("embedder", "model", cfg.embedder.model)):
+    for section, key, spec in (
+        ("policy", "model", cfg.policy.model),
+        ("embedder", "model", cfg.embedder.model),
+    ):
         if not is_builtin_model(spec) and not Path(spec).is_dir():
             p.append((section, key, f"model directory not found: {spec}{unset(spec)}"))
+        elif not is_builtin_model(spec):
+            p += [(section, key, m) for m in model_dir_problems(Path(spec), chat=section == "policy")]
     d = cfg.data
     if d.train_source == "musique" and d.train_path and not Path(d.train_path).is_file():
         p.append(("data", "train_path", f"file not found: {d.train_path}{unset(d.train_path)}"))
     if d.eval_source == "longbench":
-        p += [("data", "eval_paths", f"file not found: {ep}{unset(ep)}") for ep in d.eval_paths if not Path(ep).is_file()]
+        p += [
+            ("data", "eval_paths", f"file not found: {ep}{unset(ep)}")
+            for ep in d.eval_paths
+            if not Path(ep).is_file()
+        ]
     return p
+
+
+def model_dir_problems(d: Path, chat: bool) -> list[str]:
+    """What makes a local model directory unusable, found without loading it: no config.json, no
+    safetensors weights (pickled weights are never loaded), or (policy) no chat template."""
+    out = []
+    if not (d / "config.json").is_file():
+        out.append(f"{d} has no config.json (not a transformers model directory)")
+    if not any(d.glob("*.safetensors")):
+        out.append(f"{d} has no *.safetensors weights (sealong-loop never loads pickled .bin/.pt weights)")
+    if chat and not _has_chat_template(d):
+        out.append(
+            f"{d} has no chat template (chat_template.jinja, or 'chat_template' in tokenizer_config.json); "
+            "sealong-loop prompts a chat model"
+        )
+    return out
+
+
+def _has_chat_template(d: Path) -> bool:
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(
+            json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _expand_paths(cfg: Config) -> None:
     """`~` and ${VARS} in model and data paths, so one config serves several machines."""
+
     def expand(x: str) -> str:
         return os.path.expanduser(os.path.expandvars(x)) if x else x
 
@@ -318,7 +447,9 @@ def _expand_paths(cfg: Config) -> None:
     cfg.data.eval_paths = [expand(x) for x in cfg.data.eval_paths]
 
 
-def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "", check_paths: bool = True) -> Config:
+def config_from_dict(
+    raw: dict[str, Any], path: str = "<dict>", text: str = "", check_paths: bool = True
+) -> Config:
     """Build and validate a Config; raise one ConfigError listing every problem.
 
     check_paths=False skips the existence of model directories and data files (`doctor` reports those).
@@ -333,10 +464,17 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "", 
     sections: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in SECTIONS:
-            problems.append(f"{where(name)}: unknown section (known: {', '.join(SECTIONS)})")
+            line = (_line_of(text, "", name) if not isinstance(value, dict) else None) if text else None
+            problems.append(
+                f"{f'line {line}: ' if line else ''}{where(name)}: unknown section (known: {', '.join(SECTIONS)})"
+            )
             continue
         if not isinstance(value, dict):
-            problems.append(f"[{name}]: must be a table")
+            line = _line_of(text, "", name) if text else None
+            problems.append(
+                f"{f'line {line}: ' if line else ''}[{name}]: must be a table (a [{name}] section), "
+                f"got {type(value).__name__}"
+            )
             continue
         cls = SECTIONS[name]
         hints = typing.get_type_hints(cls)
@@ -355,7 +493,9 @@ def config_from_dict(raw: dict[str, Any], path: str = "<dict>", text: str = "", 
     _expand_paths(cfg)
     # A key with a type error kept its default, so its value check would only repeat the problem.
     value_problems = _value_problems(cfg) + (path_problems(cfg) if check_paths else [])
-    problems += [f"{where(s, k)}: {m}" for s, k, m in value_problems if not any(f"[{s}] {k}:" in q for q in problems)]
+    problems += [
+        f"{where(s, k)}: {m}" for s, k, m in value_problems if not any(f"[{s}] {k}:" in q for q in problems)
+    ]
     if problems:
         raise ConfigError(path, problems)
     return cfg
@@ -365,7 +505,14 @@ def load_config(path: str | Path, check_paths: bool = True) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), ["file not found"])
-    text = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            str(path), [f"line {line}: not valid UTF-8 (byte {data[e.start]:#04x}); TOML files are UTF-8"]
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

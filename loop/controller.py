@@ -6,6 +6,16 @@ It never runs model code itself. It records progress in SQLite, survives a crash
 recorded and the stage retried up to `run.max_stage_retries` times), and on restart resumes at the first
 unfinished stage of the unfinished round. One controller per workdir, enforced by an flock that the
 kernel releases when the holder dies (so a kill -9 leaves no stale lock).
+
+What a stage's process says about itself is only believed through the store: a stage is done when its
+last transaction committed `done`, whatever its exit code (a process killed just after its commit has
+still finished the stage), and nothing the controller does turns a done stage back.
+
+Stopping: SIGTERM/SIGINT interrupt the stage in flight (SIGTERM to its process, SIGKILL after
+STOP_GRACE_S) and the controller stops within that bound; a stop request in the store (`sealong-loop
+stop`) lets the stage in flight finish. Either way the controller says in the event log what it is
+waiting for and when it expects to stop. A full disk stops the run with one message (DiskFull); the
+store is left consistent and `start` resumes once space is freed.
 """
 
 from __future__ import annotations
@@ -13,7 +23,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,15 +33,23 @@ from pathlib import Path
 
 import sqlite_utils
 from sealong.loop.config import Config, config_from_dict, dump_config_toml
-from sealong.loop.errors import SealongError, StageFailed, WorkdirBusy
+from sealong.loop.errors import DataError, SealongError, StageFailed, WorkdirBusy
 from sealong.loop.launch import stage_command
 from sealong.loop.stages.base import STAGES, champion
 from sealong.loop.tasks.records import QuestionRecord
-from sealong.store.artifacts import atomic_write_text
+from sealong.store import faults
+from sealong.store.artifacts import atomic_write_text, is_disk_full
 from sealong.store.db import Transaction, connect, dumps, log_event, one, rows
 
 LOCK_NAME = "controller.lock"
 EXIT_FATAL = 3
+STOP_GRACE_S = 10.0  # after SIGTERM, the stage process gets this long before SIGKILL
+
+
+class DiskFull(SealongError):
+    """The store or an artifact could not be written for lack of space; nothing done was lost."""
+
+    exit_code = 3
 
 
 class WorkdirLock:
@@ -52,9 +72,12 @@ class WorkdirLock:
                 f"watch it with `sealong-loop status --workdir {self.path.parent}` or stop it with "
                 f"`sealong-loop stop --workdir {self.path.parent}`"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            os.fsync(fd)
+        except OSError:
+            pass  # a full disk: the pid is only informational, the flock is the lock
         self.fd = fd
 
     def release(self) -> None:
@@ -89,20 +112,51 @@ def _questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
 
     d = cfg.data
     if d.train_source == "synthetic":
-        train = synthetic.generate(d.train_pool_size, cfg.run.seed, "train", d.hops, d.context_tokens_min,
-                                   d.context_tokens_max, d.near_miss_rate)
+        train = synthetic.generate(
+            d.train_pool_size,
+            cfg.run.seed,
+            "train",
+            d.hops,
+            d.context_tokens_min,
+            d.context_tokens_max,
+            d.near_miss_rate,
+        )
     else:
         from sealong.loop.tasks.musique import build_musique_pool
 
-        train = build_musique_pool(d.train_path, d.train_pool_size, d.context_tokens_min, d.context_tokens_max, cfg.run.seed)
+        train = build_musique_pool(
+            d.train_path, d.train_pool_size, d.context_tokens_min, d.context_tokens_max, cfg.run.seed
+        )
     if d.eval_source == "synthetic":
         per_task = d.eval_questions_per_task
-        evals = synthetic.generate(per_task * len(d.hops), cfg.run.seed, "eval", d.hops, d.context_tokens_min,
-                                   d.context_tokens_max, d.near_miss_rate)
+        evals = synthetic.generate(
+            per_task * len(d.hops),
+            cfg.run.seed,
+            "eval",
+            d.hops,
+            d.context_tokens_min,
+            d.context_tokens_max,
+            d.near_miss_rate,
+        )
     else:
         from sealong.loop.tasks.longbench import load_longbench
 
-        evals = [r for path in d.eval_paths for r in load_longbench(path, limit=d.eval_questions_per_task)]
+        evals = []
+        for path in d.eval_paths:
+            loaded = load_longbench(path, limit=d.eval_questions_per_task)
+            if not loaded:
+                raise DataError(path, None, None, "no records (an eval file needs at least one question)")
+            evals += [(path, r) for r in loaded]
+        seen = {}
+        for path, r in evals:
+            if r.id in seen:
+                raise DataError(
+                    path, None, "id", f"duplicate id {r.id!r}: {seen[r.id]} has it too (same dataset and _id)"
+                )
+            seen[r.id] = path
+        evals = [r for _, r in evals]
+    if not train:
+        raise DataError(d.train_path or "<synthetic>", None, None, "the training pool is empty")
     return [("train", q) for q in train] + [("eval", q) for q in evals]
 
 
@@ -112,19 +166,32 @@ def ensure_run(db: sqlite_utils.Database, cfg: Config, workdir: Path, max_rounds
     if run is not None:
         stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml"))
         if cfg.source_path != "<stored>" and stored.to_dict() != cfg.to_dict():
-            diff = [f"[{s}] {k}" for s, sec in cfg.to_dict().items() for k, v in sec.items() if stored.to_dict()[s][k] != v]
+            diff = [
+                f"[{s}] {k}"
+                for s, sec in cfg.to_dict().items()
+                for k, v in sec.items()
+                if stored.to_dict()[s][k] != v
+            ]
             raise SealongError(
                 f"{workdir} holds a run started with a different config (differs in: {', '.join(diff[:6])}); "
                 f"resume it without --config, or use a new --workdir"
             )
         if max_rounds is not None:
             db.execute("UPDATE runs SET max_rounds = ? WHERE id = ?", (max_rounds, run["id"]))
+        if not (workdir / "config.toml").is_file():  # killed between creating the run and writing it
+            atomic_write_text(workdir / "config.toml", dump_config_toml(stored))
         return run["id"]
     questions = _questions_for(cfg)
     with Transaction(db):
         cur = db.execute(
             "INSERT INTO runs (name, config_json, config_path, created_at, max_rounds) VALUES (?, ?, ?, ?, ?)",
-            (cfg.run.name, dumps(cfg.to_dict()), cfg.source_path, time.time(), max_rounds or cfg.run.max_rounds),
+            (
+                cfg.run.name,
+                dumps(cfg.to_dict()),
+                cfg.source_path,
+                time.time(),
+                max_rounds or cfg.run.max_rounds,
+            ),
         )
         run_id = cur.lastrowid
         counters: dict[str, int] = {}
@@ -133,10 +200,24 @@ def ensure_run(db: sqlite_utils.Database, cfg: Config, workdir: Path, max_rounds
             db.execute(
                 "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, pool_index) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (q.id, split, q.task, q.source, q.question, q.context, json.dumps(q.answers), q.n_tokens, counters[split]),
+                (
+                    q.id,
+                    split,
+                    q.task,
+                    q.source,
+                    q.question,
+                    q.context,
+                    json.dumps(q.answers),
+                    q.n_tokens,
+                    counters[split],
+                ),
             )
-        log_event(db, f"run created: {counters.get('train', -1) + 1} training questions, "
-                      f"{counters.get('eval', -1) + 1} eval questions", run_id=run_id)
+        log_event(
+            db,
+            f"run created: {counters.get('train', -1) + 1} training questions, "
+            f"{counters.get('eval', -1) + 1} eval questions",
+            run_id=run_id,
+        )
     atomic_write_text(workdir / "config.toml", dump_config_toml(cfg))
     return run_id
 
@@ -151,20 +232,50 @@ def load_stored_config(db: sqlite_utils.Database, workdir: Path) -> Config:
 
 
 def _pid_alive(pid: int | None) -> bool:
+    """True for a running process; False for none or a zombie (dead, not yet reaped)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in ("Z", "X")
+
+
+def _is_stage_process(pid: int, stage_id: int, workdir: Path) -> bool:
+    """Is `pid` still the process that ran this stage? (A pid recorded before a crash may since have been
+    given to an unrelated process, which must not be killed.)"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    pairs = set(zip(argv, argv[1:]))
+    return (
+        "sealong.loop.stage_main" in argv
+        and ("--stage-id", str(stage_id)) in pairs
+        and ("--workdir", str(workdir)) in pairs
+    )
+
+
+def _kill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 class Controller:
-    def __init__(self, workdir: Path, cfg: Config, max_rounds: int | None = None,
-                 on_tick: Callable[[], None] = lambda: None, tick_seconds: float = 0.5):
+    def __init__(
+        self,
+        workdir: Path,
+        cfg: Config,
+        max_rounds: int | None = None,
+        on_tick: Callable[[], None] = lambda: None,
+        tick_seconds: float = 0.5,
+    ):
         self.workdir = Path(workdir).resolve()
         self.cfg = cfg
         self.max_rounds = max_rounds
@@ -172,6 +283,9 @@ class Controller:
         self.tick_seconds = tick_seconds
         self.lock = WorkdirLock(self.workdir)
         self.stop_now = False
+        self.stop_signal = 0
+        self.stop_deadline = 0.0
+        self.announced: set[str] = set()
         self.child: subprocess.Popen | None = None
         self.db: sqlite_utils.Database | None = None
         self.run_id = 0
@@ -186,40 +300,70 @@ class Controller:
             self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds)
             self._recover()
             return self._loop()
+        except (OSError, sqlite3.Error) as e:
+            if not is_disk_full(e):
+                raise
+            self._kill_child()
+            raise DiskFull(
+                f"disk full: the controller could not write to {self.workdir} ({e}). Stages already "
+                f"recorded as done are intact; free space (df -h {self.workdir}) and run "
+                f"`sealong-loop start --workdir {self.workdir}` to resume"
+            ) from None
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
             self.lock.release()
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_now = True
+        """Only flags and a SIGTERM to the stage here; the wait loop logs and enforces the grace period."""
+        if not self.stop_now:
+            self.stop_now, self.stop_signal, self.stop_deadline = (
+                True,
+                signum,
+                time.monotonic() + STOP_GRACE_S,
+            )
         if self.child and self.child.poll() is None:
             self.child.terminate()
 
-    def _event(self, message: str, level: str = "info", round_id: int | None = None, stage: str | None = None) -> None:
+    def _kill_child(self) -> None:
+        if self.child and self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+
+    def _event(
+        self, message: str, level: str = "info", round_id: int | None = None, stage: str | None = None
+    ) -> None:
         log_event(self.db, message, level, self.run_id, round_id, stage)
 
     def _recover(self) -> None:
         """Undo what a killed controller left: running stages back to pending, failed ones retried afresh."""
         db = self.db
         for st in rows(db, "SELECT * FROM stages WHERE status = 'running'"):
-            if _pid_alive(st["pid"]):
-                try:
-                    os.kill(st["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            db.execute("UPDATE stages SET status = 'pending', pid = NULL WHERE id = ?", (st["id"],))
-            self._event(f"{st['name']} was interrupted (controller stopped or killed); it will run again",
-                        "warn", st["round_id"], st["name"])
+            if _pid_alive(st["pid"]) and _is_stage_process(st["pid"], st["id"], self.workdir):
+                _kill_and_wait(st["pid"])
+            db.execute(
+                "UPDATE stages SET status = 'pending', pid = NULL WHERE id = ? AND status = 'running'",
+                (st["id"],),
+            )
+            self._event(
+                f"{st['name']} was interrupted (controller stopped or killed); it will run again",
+                "warn",
+                st["round_id"],
+                st["name"],
+            )
         with Transaction(db):
             db.execute("UPDATE stages SET status = 'pending', attempts = 0 WHERE status = 'failed'")
             db.execute("UPDATE rounds SET status = 'running' WHERE status = 'failed'")
-            db.execute("UPDATE runs SET status = 'running', stop_requested = 0, finished_at = NULL, message = NULL WHERE id = ?",
-                       (self.run_id,))
+            db.execute(
+                "UPDATE runs SET status = 'running', stop_requested = 0, finished_at = NULL, message = NULL WHERE id = ?",
+                (self.run_id,),
+            )
 
     def _finish(self, status: str, message: str) -> str:
-        self.db.execute("UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE id = ?",
-                        (status, time.time(), message, self.run_id))
+        self.db.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, message = ? WHERE id = ?",
+            (status, time.time(), message, self.run_id),
+        )
         self._event(message, "error" if status == "failed" else "info")
         self.on_tick()
         return status
@@ -228,7 +372,11 @@ class Controller:
     def _next_round(self) -> dict | str:
         """The round to work on, or a reason to finish."""
         db = self.db
-        current = one(db, "SELECT * FROM rounds WHERE run_id = ? AND status != 'done' ORDER BY idx LIMIT 1", (self.run_id,))
+        current = one(
+            db,
+            "SELECT * FROM rounds WHERE run_id = ? AND status != 'done' ORDER BY idx LIMIT 1",
+            (self.run_id,),
+        )
         if current:
             return current
         done = rows(db, "SELECT promoted FROM rounds WHERE run_id = ? ORDER BY idx", (self.run_id,))
@@ -244,15 +392,28 @@ class Controller:
             return f"finished: {streak} round(s) in a row without a promotion (patience = {self.cfg.run.patience})"
         champ = champion(db, self.run_id)
         with Transaction(db):
-            cur = db.execute("INSERT INTO rounds (run_id, idx, policy_adapter_id, started_at) VALUES (?, ?, ?, ?)",
-                             (self.run_id, len(done), champ["id"] if champ else None, time.time()))
+            cur = db.execute(
+                "INSERT INTO rounds (run_id, idx, policy_adapter_id, started_at) VALUES (?, ?, ?, ?)",
+                (self.run_id, len(done), champ["id"] if champ else None, time.time()),
+            )
             for seq, name in enumerate(STAGES):
-                db.execute("INSERT INTO stages (round_id, name, seq) VALUES (?, ?, ?)", (cur.lastrowid, name, seq))
-            self._event(f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}", round_id=cur.lastrowid)
+                db.execute(
+                    "INSERT INTO stages (round_id, name, seq) VALUES (?, ?, ?)", (cur.lastrowid, name, seq)
+                )
+            self._event(
+                f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}",
+                round_id=cur.lastrowid,
+            )
         return one(db, "SELECT * FROM rounds WHERE id = ?", (cur.lastrowid,))
 
     def _stop_requested(self) -> bool:
-        return self.stop_now or bool(one(self.db, "SELECT stop_requested FROM runs WHERE id = ?", (self.run_id,))["stop_requested"])
+        return self.stop_now or self._stop_flag()
+
+    def _stop_flag(self) -> bool:
+        """`sealong-loop stop` was run (a request in the store, as opposed to a signal)."""
+        return bool(
+            one(self.db, "SELECT stop_requested FROM runs WHERE id = ?", (self.run_id,))["stop_requested"]
+        )
 
     def _loop(self) -> str:
         while True:
@@ -265,58 +426,149 @@ class Controller:
                 if st["status"] == "done":
                     continue
                 if self._stop_requested():
-                    return self._finish("stopped", f"stopped on request before {st['name']} of round {rnd['idx']}; "
-                                                   "`sealong-loop start` resumes it")
+                    return self._finish(
+                        "stopped",
+                        f"stopped on request before {st['name']} of round {rnd['idx']}; "
+                        "`sealong-loop start` resumes it",
+                    )
                 try:
                     self._run_stage(rnd, st)
                 except StageFailed as e:
                     self.db.execute("UPDATE rounds SET status = 'failed' WHERE id = ?", (rnd["id"],))
                     return self._finish("failed", str(e))
                 if self.stop_now:
-                    return self._finish("stopped", f"stopped by signal during {st['name']} of round {rnd['idx']}; "
-                                                   "`sealong-loop start` resumes it")
+                    return self._finish(
+                        "stopped",
+                        f"stopped by signal during {st['name']} of round {rnd['idx']}; "
+                        "`sealong-loop start` resumes it",
+                    )
+            faults.point("before-done", stage="round", round_idx=rnd["idx"])
             with Transaction(self.db):
-                self.db.execute("UPDATE rounds SET status = 'done', finished_at = ? WHERE id = ?", (time.time(), rnd["id"]))
+                self.db.execute(
+                    "UPDATE rounds SET status = 'done', finished_at = ? WHERE id = ?",
+                    (time.time(), rnd["id"]),
+                )
                 self._event(f"round {rnd['idx']} done", round_id=rnd["id"])
 
     def _run_stage(self, rnd: dict, st: dict) -> None:
         """Run one stage in a child process, retrying failures up to the bound."""
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
+        name = st["name"]
         while True:
             attempt = one(self.db, "SELECT attempts FROM stages WHERE id = ?", (st["id"],))["attempts"] + 1
-            log_path = logs / f"round{rnd['idx']:03d}-{st['name']}.log"
+            log_path = logs / f"round{rnd['idx']:03d}-{name}.log"
+            # Recorded as running before the process exists: a crash in between leaves 'running' with no
+            # pid, which the next controller resets to pending.
+            with Transaction(self.db):
+                self.db.execute(
+                    "UPDATE stages SET status = 'running', attempts = ?, pid = NULL, started_at = ?, error = NULL, "
+                    "progress_done = 0, progress_total = 0, progress_note = '' WHERE id = ? AND status != 'done'",
+                    (attempt, time.time(), st["id"]),
+                )
+                self._event(f"{name} started (attempt {attempt})", round_id=rnd["id"], stage=name)
             with open(log_path, "ab") as log:
-                cmd = stage_command(self.cfg, st["name"], self.workdir, st["id"])
-                self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              cwd=self.workdir)
-                with Transaction(self.db):
-                    self.db.execute(
-                        "UPDATE stages SET status = 'running', attempts = ?, pid = ?, started_at = ?, error = NULL, "
-                        "progress_done = 0, progress_total = 0, progress_note = '' WHERE id = ?",
-                        (attempt, self.child.pid, time.time(), st["id"]))
-                    self._event(f"{st['name']} started (attempt {attempt})", round_id=rnd["id"], stage=st["name"])
-                while self.child.poll() is None:
-                    self.on_tick()
-                    time.sleep(self.tick_seconds)
-                code = self.child.returncode
-                self.child = None
+                cmd = stage_command(self.cfg, name, self.workdir, st["id"])
+                self.child = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir
+                )
+            self.db.execute(
+                "UPDATE stages SET pid = ? WHERE id = ? AND status = 'running'", (self.child.pid, st["id"])
+            )
+            faults.point("launched", stage=name, round_idx=rnd["idx"])
+            self._wait_for_child(rnd, name)
+            code = self.child.returncode
+            self.child = None
+            faults.point("child-exited", stage=name, round_idx=rnd["idx"])
             row = one(self.db, "SELECT * FROM stages WHERE id = ?", (st["id"],))
-            if row["status"] == "done" and code == 0:
-                self._event(f"{st['name']} done", round_id=rnd["id"], stage=st["name"])
+            if row["status"] == "done":  # its commit is what counts, not how its process ended
+                if code != 0:
+                    self._event(
+                        f"{name} was recorded done, then its process exited with code {code}; kept as done",
+                        "warn",
+                        rnd["id"],
+                        name,
+                    )
+                if (
+                    name == "train"
+                ):  # its checkpoints are spent once the adapter is recorded (a kill may have kept them)
+                    shutil.rmtree(self.workdir / "checkpoints" / f"round{rnd['idx']:03d}", ignore_errors=True)
+                self._event(f"{name} done", round_id=rnd["id"], stage=name)
                 self.on_tick()
                 return
             if self.stop_now:
-                self.db.execute("UPDATE stages SET status = 'pending', pid = NULL WHERE id = ?", (st["id"],))
-                self._event(f"{st['name']} interrupted by a stop signal; it will run again on resume", "warn", rnd["id"], st["name"])
+                self.db.execute(
+                    "UPDATE stages SET status = 'pending', pid = NULL WHERE id = ? AND status != 'done'",
+                    (st["id"],),
+                )
+                self._event(
+                    f"{name} interrupted by a stop signal; it will run again on resume",
+                    "warn",
+                    rnd["id"],
+                    name,
+                )
                 return
             error = row["error"] or f"the stage process exited with code {code}; see {log_path}"
-            if row["status"] != "failed":
-                self.db.execute("UPDATE stages SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                                (error, time.time(), st["id"]))
+            self.db.execute(
+                "UPDATE stages SET status = 'failed', error = ?, finished_at = ? WHERE id = ? AND status != 'done'",
+                (error, time.time(), st["id"]),
+            )
             retries = self.cfg.run.max_stage_retries
             if code == EXIT_FATAL or attempt > retries:
                 why = "not retryable" if code == EXIT_FATAL else f"{attempt} attempt(s)"
-                raise StageFailed(f"{st['name']} of round {rnd['idx']} failed ({why}): {error}\n  log: {log_path}")
-            self._event(f"{st['name']} failed (attempt {attempt} of {retries + 1}): {error}; retrying", "warn",
-                        rnd["id"], st["name"])
+                raise StageFailed(f"{name} of round {rnd['idx']} failed ({why}): {error}\n  log: {log_path}")
+            self._event(
+                f"{name} failed (attempt {attempt} of {retries + 1}): {error}; retrying",
+                "warn",
+                rnd["id"],
+                name,
+            )
+
+    def _wait_for_child(self, rnd: dict, name: str) -> None:
+        """Tick until the stage process exits; announce stops; enforce the grace period after a signal."""
+        where = f"{name} of round {rnd['idx']}"
+        while self.child.poll() is None:
+            self.on_tick()
+            self._announce_signal(rnd, where)
+            if self.stop_now and time.monotonic() > self.stop_deadline:
+                self._event(
+                    f"{name} did not exit {STOP_GRACE_S:.0f} s after SIGTERM; killing it",
+                    "warn",
+                    rnd["id"],
+                    name,
+                )
+                self._kill_child()
+                break
+            if "request" not in self.announced and not self.stop_now and self._stop_flag():
+                self.announced.add("request")
+                self._event(
+                    f"stop requested: the run stops when {where} finishes{self._eta()}; "
+                    "`sealong-loop stop --now` interrupts it instead (it reruns on resume)",
+                    "info",
+                    rnd["id"],
+                    name,
+                )
+            time.sleep(self.tick_seconds)
+        self._announce_signal(rnd, where)
+
+    def _announce_signal(self, rnd: dict, where: str) -> None:
+        if self.stop_now and "signal" not in self.announced:
+            self.announced.add("signal")
+            sig = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal"
+            self._event(
+                f"{sig} received: interrupting {where} (pid {self.child.pid}); the controller stops within "
+                f"{STOP_GRACE_S:.0f} s and the stage reruns on resume",
+                "warn",
+                rnd["id"],
+                where.split()[0],
+            )
+
+    def _eta(self) -> str:
+        st = one(
+            self.db, "SELECT started_at, progress_done, progress_total FROM stages WHERE status = 'running'"
+        )
+        if not st or not st["progress_total"] or not st["progress_done"]:
+            return ""
+        elapsed = time.time() - st["started_at"]
+        left = elapsed * (st["progress_total"] - st["progress_done"]) / st["progress_done"]
+        return f" (in about {left:.0f} s at its current rate)"

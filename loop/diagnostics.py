@@ -33,7 +33,12 @@ def compute(questions: list[QuestionSamples]) -> list[dict]:
     right = [[subem(s, q.answers) for s in q.samples] for q in qs]
     out = [
         {"utility": "-", "metric": "random_sample", "value": _pct([r[0] for r in right]), "n": len(qs)},
-        {"utility": "-", "metric": "mean_sample", "value": _pct([sum(r) / len(r) for r in right]), "n": len(qs)},
+        {
+            "utility": "-",
+            "metric": "mean_sample",
+            "value": _pct([sum(r) / len(r) for r in right]),
+            "n": len(qs),
+        },
         {"utility": "-", "metric": "oracle", "value": _pct([max(r) for r in right]), "n": len(qs)},
     ]
     greedy = [subem(q.greedy, q.answers) for q in qs if q.greedy is not None]
@@ -50,6 +55,10 @@ def compute(questions: list[QuestionSamples]) -> list[dict]:
             out.append({"utility": utility, "metric": "mbr", "value": _pct(picked), "n": len(picked)})
     paired = [(r[q.pair[0]], r[q.pair[1]]) for q, r in zip(qs, right) if q.pair is not None]
     if paired:
-        out.append({"utility": "-", "metric": "chosen", "value": _pct([c for c, _ in paired]), "n": len(paired)})
-        out.append({"utility": "-", "metric": "rejected", "value": _pct([r for _, r in paired]), "n": len(paired)})
+        out.append(
+            {"utility": "-", "metric": "chosen", "value": _pct([c for c, _ in paired]), "n": len(paired)}
+        )
+        out.append(
+            {"utility": "-", "metric": "rejected", "value": _pct([r for _, r in paired]), "n": len(paired)}
+        )
     return out

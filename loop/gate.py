@@ -40,7 +40,9 @@ def mean_over_tasks(scores: dict[str, list[float]]) -> float:
     return 100.0 * sum(sum(v) / len(v) for v in scores.values()) / len(scores)
 
 
-def paired_bootstrap(cand: dict[str, list[float]], champ: dict[str, list[float]], samples: int, seed: int) -> list[float]:
+def paired_bootstrap(
+    cand: dict[str, list[float]], champ: dict[str, list[float]], samples: int, seed: int
+) -> list[float]:
     """Gains (points) over `samples` stratified bootstrap resamples of the questions."""
     rng = random.Random(seed)
     tasks = sorted(cand)
@@ -64,9 +66,16 @@ def mcnemar_p(b: int, c: int) -> float:
 
 
 def decide(
-    cand: dict[str, list[float]], champ: dict[str, list[float]], rule: str = "bootstrap", margin: float = 0.0,
-    confidence: float = 0.9, samples: int = 2000, seed: int = 0,
-    cand_tokens: float | None = None, champ_tokens: float | None = None, max_length_increase: float = 0.25,
+    cand: dict[str, list[float]],
+    champ: dict[str, list[float]],
+    rule: str = "bootstrap",
+    margin: float = 0.0,
+    confidence: float = 0.9,
+    samples: int = 2000,
+    seed: int = 0,
+    cand_tokens: float | None = None,
+    champ_tokens: float | None = None,
+    max_length_increase: float = 0.25,
 ) -> GateDecision:
     """cand/champ: task -> per-question SubEM (0/1), the same questions in the same order for both."""
     if sorted(cand) != sorted(champ) or any(len(cand[t]) != len(champ[t]) for t in cand):

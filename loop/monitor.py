@@ -1,181 +1,252 @@
-"""The terminal view: a state object read from the store, and pure render functions over it.
+"""The terminal view's data: a state object read from the store, and the process probes behind it.
 
-`load_state(db)` reads everything the view needs (read-only); `render(state)` builds a rich renderable.
-`start` shows it live in the foreground; `status` prints it once (or `--json`).
+`load_state(db)` reads everything the view needs over a read-only connection, in one read transaction
+(a consistent snapshot that never blocks the controller: SQLite's WAL lets readers and the writer run side
+by side). The display is built from it by the pure functions in `sealong.loop.dashboard`; the loops that
+show it live are in `sealong.loop.live`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from rich.console import Group
-from rich.panel import Panel
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
-from sealong.loop.stages.base import STAGES
 from sealong.store.db import one, rows
 from sealong.store.lineage import adapter_metrics
 
 
 @dataclass
 class MonitorState:
+    workdir: str | None = None
     run: dict[str, Any] | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    stages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # round id -> stages
-    current: dict[str, Any] | None = None  # the running (or next pending) stage
+    stages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # round id -> stages in order
+    current: dict[str, Any] | None = None  # the running stage
+    next_stage: dict[str, Any] | None = None  # the first pending stage of the unfinished round
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key -> metrics
     champion: str = "base"
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # newest first
+    errors: list[dict[str, Any]] = field(default_factory=list)  # stages that recorded an error, newest first
     last_train_step: dict[str, Any] | None = None
+    recent_losses: list[float] = field(default_factory=list)  # the running train stage's last steps
+    sampled_tokens: int | None = None  # tokens generated so far in the sampling round
     controller_pid: int | None = None
-    rss_mb: float | None = None
+    stage_alive: bool | None = None  # whether the running stage's process exists
+    rss_mb: float | None = None  # the running stage's process and its children
+    controller_rss_mb: float | None = None
+    gpu: list[dict[str, Any]] = field(default_factory=list)  # per GPU: index, used_mb, total_mb, stage_mb
     now: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "phase": phase(self)}
 
 
-def _rss_mb(pid: int | None) -> float | None:
+def phase(s: MonitorState) -> str:
+    """not started | running | between stages | crashed | finished | failed | stopped."""
+    if s.run is None:
+        return "not started"
+    if s.run["status"] != "running":
+        return s.run["status"]
+    if s.current is not None and s.stage_alive:
+        return "running"
+    if s.controller_pid:
+        return "running" if s.current is not None else "between stages"
+    # The store says running, but neither a controller nor the stage process is alive: killed or crashed.
+    return "crashed"
+
+
+def _pid_alive(pid: int | None) -> bool:
     if not pid:
-        return None
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children (a torchrun launcher's ranks), from /proc/<pid>/task/*/children."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def process_rss_mb(pid: int | None, with_children: bool = True) -> float | None:
+    """Resident memory of a process (and its direct children) in MB, from /proc; None if it is gone."""
+    if not pid or not Path(f"/proc/{pid}").exists():
         return None
-    return None
+    pids = [pid] + (_children(pid) if with_children else [])
+    return sum(_rss_kb(p) for p in pids) / 1024
 
 
-def load_state(db: sqlite_utils.Database, controller_pid: int | None = None, n_events: int = 8) -> MonitorState:
-    s = MonitorState(now=time.time(), controller_pid=controller_pid)
-    s.run = one(db, "SELECT id, name, status, created_at, finished_at, max_rounds, message FROM runs ORDER BY id LIMIT 1")
-    if s.run is None:
-        return s
-    s.rounds = rows(db, "SELECT * FROM rounds WHERE run_id = ? ORDER BY idx", (s.run["id"],))
-    for st in rows(db, "SELECT * FROM stages ORDER BY round_id, seq"):
-        s.stages.setdefault(st["round_id"], []).append(st)
-    running = [st for sts in s.stages.values() for st in sts if st["status"] == "running"]
-    s.current = running[0] if running else None
-    for m in adapter_metrics(db):
-        m["per_task"] = json.loads(m.pop("per_task_json") or "{}")
-        s.metrics[m["model_key"]] = m
-    champ = one(db, "SELECT id FROM adapters WHERE status = 'champion'")
-    s.champion = champ["id"] if champ else "base"
-    s.events = rows(db, "SELECT ts, stage, level, message FROM events ORDER BY id DESC LIMIT ?", (n_events,))
-    if s.current and s.current["name"] == "train":
-        s.last_train_step = one(db, "SELECT * FROM train_steps WHERE round_id = ? ORDER BY step DESC LIMIT 1",
-                                (s.current["round_id"],))
-    s.rss_mb = _rss_mb(s.current["pid"]) if s.current else None
+_GPU_CACHE: dict[str, Any] = {"at": 0.0, "gpus": [], "apps": []}
+
+
+def gpu_memory(pids: list[int], max_age: float = 5.0) -> list[dict[str, Any]]:
+    """Memory per GPU (used / total) and the part the given processes hold, from nvidia-smi.
+
+    Not torch.cuda: in this process it would only see its own (empty) allocations and would create a CUDA
+    context on the device just to look. Queried at most every `max_age` seconds; [] without nvidia-smi.
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    now = time.monotonic()
+    if now - _GPU_CACHE["at"] > max_age:
+        _GPU_CACHE.update(
+            at=now,
+            gpus=_smi(smi, "--query-gpu=index,uuid,memory.used,memory.total"),
+            apps=_smi(smi, "--query-compute-apps=gpu_uuid,pid,used_memory"),
+        )
+    out = []
+    for g in _GPU_CACHE["gpus"]:
+        if len(g) < 4:
+            continue
+        stage_mb = sum(
+            float(a[2])
+            for a in _GPU_CACHE["apps"]
+            if len(a) == 3 and a[0] == g[1] and a[1].isdigit() and int(a[1]) in pids
+        )
+        out.append(
+            {"index": int(g[0]), "used_mb": float(g[2]), "total_mb": float(g[3]), "stage_mb": stage_mb}
+        )
+    return out
+
+
+def _smi(smi: str, query: str) -> list[list[str]]:
+    try:
+        proc = subprocess.run(
+            [smi, query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=3
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []
+    return [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines() if line.strip()]
+
+
+class _Snapshot:
+    """One read transaction around the queries of a tick, so the view is consistent."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.conn = db.conn
+        self.began = False
+
+    def __enter__(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self.began = True
+
+    def __exit__(self, *exc) -> None:
+        if self.began:
+            self.conn.execute("COMMIT")
+
+
+def load_state(
+    db: sqlite_utils.Database,
+    controller_pid: int | None = None,
+    n_events: int = 8,
+    workdir: str | Path | None = None,
+    probe_processes: bool = True,
+) -> MonitorState:
+    """Read the view's state. `probe_processes=False` skips /proc and nvidia-smi (for tests)."""
+    s = MonitorState(
+        now=time.time(), controller_pid=controller_pid, workdir=str(workdir) if workdir else None
+    )
+    with _Snapshot(db):
+        _read_store(db, s, n_events)
+    if probe_processes and s.current is not None:
+        pid = s.current["pid"]
+        s.stage_alive = _pid_alive(pid)
+        s.rss_mb = process_rss_mb(pid)
+        s.gpu = gpu_memory([pid, *_children(pid)] if pid else [])
+    elif probe_processes:
+        s.gpu = gpu_memory([])
+    if probe_processes and controller_pid:
+        s.controller_rss_mb = process_rss_mb(controller_pid, with_children=False)
     return s
 
 
-def _fmt_secs(sec: float | None) -> str:
-    if sec is None:
-        return "-"
-    sec = int(sec)
-    return f"{sec // 3600}h{sec % 3600 // 60:02d}m" if sec >= 3600 else f"{sec // 60}m{sec % 60:02d}s"
+def store_ready(db: sqlite_utils.Database) -> bool:
+    """False in the moment between the controller creating the file and its first migration committing."""
+    return one(db, "SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN ('runs', 'events')")["n"] == 2
 
 
-def render_header(s: MonitorState) -> Text:
+def _read_store(db: sqlite_utils.Database, s: MonitorState, n_events: int) -> None:
+    if not store_ready(db):
+        return
+    s.run = one(
+        db,
+        "SELECT id, name, status, created_at, finished_at, max_rounds, message FROM runs ORDER BY id LIMIT 1",
+    )
     if s.run is None:
-        return Text("No run in this workdir yet. Start one with `sealong-loop start --config configs/tiny-cpu.toml`.")
-    r = s.run
-    style = {"running": "bold green", "finished": "bold blue", "failed": "bold red", "stopped": "yellow"}.get(r["status"], "")
-    t = Text.assemble(("sealong-loop ", "bold"), (f"run '{r['name']}' ", ""), (r["status"], style),
-                      f"  ·  round {len(s.rounds)}/{r['max_rounds']}  ·  champion {s.champion}")
-    if s.controller_pid:
-        t.append(f"  ·  controller pid {s.controller_pid}")
-    if r.get("message") and r["status"] != "running":
-        t.append(f"\n{r['message']}", style="dim" if r["status"] != "failed" else "red")
-    return t
-
-
-def render_current(s: MonitorState) -> Panel | Text:
-    st = s.current
-    if st is None:
-        return Text("")
-    done, total = st["progress_done"], st["progress_total"]
-    elapsed = s.now - (st["started_at"] or s.now)
-    eta = elapsed / done * (total - done) if done and total and done < total else None
-    bar = ProgressBar(total=max(total, 1), completed=min(done, total or 1), width=40)
-    idx = next((r["idx"] for r in s.rounds if r["id"] == st["round_id"]), "?")
-    line = Text(f"round {idx} · {st['name']} (attempt {st['attempts']})  ")
-    detail = Text(f"  {done:g}/{total:g} {st['progress_unit']}  elapsed {_fmt_secs(elapsed)}  ETA {_fmt_secs(eta)}  "
-                  f"{st['progress_note']}")
-    if s.rss_mb:
-        detail.append(f"  RSS {s.rss_mb:,.0f} MB")
-    return Panel(Group(line, bar, detail), title="now", border_style="green")
-
-
-def _stage_cell(st: dict | None) -> str:
-    if st is None:
-        return "·"
-    if st["status"] == "done":
-        return f"{(st['finished_at'] or 0) - (st['started_at'] or 0):.0f}"
-    return {"running": "▶", "failed": "✗", "pending": "·"}.get(st["status"], st["status"])
-
-
-def render_rounds(s: MonitorState) -> Table:
-    t = Table(title="rounds", caption="wall s = seconds per stage: " + "·".join(STAGES))
-    for col, justify in (("#", "right"), ("candidate", "left"), ("pairs", "right"), ("SubEM vs champ", "right"),
-                         ("gain", "right"), ("decision", "left"), ("wall s", "left")):
-        t.add_column(col, justify=justify)
-    for r in s.rounds:
-        stages = {st["name"]: st for st in s.stages.get(r["id"], [])}
-        decision = json.loads(r["decision_json"]) if r["decision_json"] else {}
-        pairs = json.loads(stages["pairs"]["output_json"] or "{}").get("pairs", "") if "pairs" in stages else ""
-        t.add_row(
-            str(r["idx"]),
-            r["candidate_adapter_id"] or "…",
-            str(pairs),
-            f"{decision['candidate_subem']:.1f} vs {decision['champion_subem']:.1f}" if decision else "-",
-            f"{decision['gain']:+.1f}" if decision else "-",
-            ("promoted" if decision.get("promoted") else "kept") if decision else r["status"],
-            "·".join(_stage_cell(stages.get(n)) for n in STAGES),
+        return
+    s.rounds = rows(db, "SELECT * FROM rounds WHERE run_id = ? ORDER BY idx", (s.run["id"],))
+    columns = (
+        "id, round_id, name, seq, status, attempts, pid, started_at, finished_at, error, output_json, "
+        "progress_done, progress_total, progress_unit, progress_note"
+    )
+    for st in rows(db, f"SELECT {columns} FROM stages ORDER BY round_id, seq"):
+        s.stages.setdefault(st["round_id"], []).append(st)
+    every = [st for r in s.rounds for st in s.stages.get(r["id"], [])]
+    s.current = next((st for st in every if st["status"] == "running"), None)
+    unfinished = next((r for r in s.rounds if r["status"] != "done"), None)
+    if unfinished is not None:
+        s.next_stage = next(
+            (st for st in s.stages.get(unfinished["id"], []) if st["status"] in ("pending", "failed")), None
         )
-    return t
-
-
-def render_metrics(s: MonitorState) -> Table:
-    tasks = sorted({t for m in s.metrics.values() for t in m["per_task"]})
-    t = Table(title="eval (SubEM %, held-out)")
-    for col in ("model", "status", "mean", *tasks, "tokens"):
-        t.add_column(col, justify="left" if col in ("model", "status") else "right")
-    for key, m in s.metrics.items():
-        status = "champion" if key == s.champion else (m["status"] or "base")
-        t.add_row(key, status, f"{m['mean_subem']:.1f}", *[f"{m['per_task'].get(k, float('nan')):.1f}" for k in tasks],
-                  f"{m['mean_tokens']:.0f}")
-    return t
-
-
-def render_events(s: MonitorState) -> Table:
-    t = Table(title="recent events", show_header=False, box=None)
-    t.add_column("time")
-    t.add_column("message")
-    for e in s.events:
-        style = {"error": "red", "warn": "yellow"}.get(e["level"], "")
-        t.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"])), Text(e["message"], style=style))
-    return t
-
-
-def render(s: MonitorState) -> Group:
-    parts: list[Any] = [render_header(s)]
-    if s.run is not None:
-        parts += [render_current(s), render_rounds(s)]
-        if s.metrics:
-            parts.append(render_metrics(s))
-        parts.append(render_events(s))
-    return Group(*parts)
-
-
-def controller_pid_of(workdir) -> int | None:
-    from sealong.loop.controller import holder_pid
-
-    return holder_pid(workdir)
+    idx = {r["id"]: r["idx"] for r in s.rounds}
+    s.errors = [
+        {
+            "round": idx.get(st["round_id"]),
+            "stage": st["name"],
+            "status": st["status"],
+            "attempts": st["attempts"],
+            "error": st["error"],
+            "at": st["finished_at"],
+        }
+        for st in reversed(every)
+        if st["error"]
+    ]
+    for m in adapter_metrics(db):
+        m["per_task"] = json.loads(m.pop("per_task_json") or "{}")
+        s.metrics[m["model_key"]] = m
+    champ = one(db, "SELECT id FROM adapters WHERE run_id = ? AND status = 'champion'", (s.run["id"],))
+    s.champion = champ["id"] if champ else "base"
+    s.events = rows(db, "SELECT ts, stage, level, message FROM events ORDER BY id DESC LIMIT ?", (n_events,))
+    cur = s.current
+    if cur and cur["name"] == "train":
+        steps = rows(
+            db, "SELECT * FROM train_steps WHERE round_id = ? ORDER BY step DESC LIMIT 40", (cur["round_id"],)
+        )
+        s.last_train_step = steps[0] if steps else None
+        s.recent_losses = [st["loss"] for st in reversed(steps) if st["loss"] is not None]
+    if cur and cur["name"] == "sample":
+        s.sampled_tokens = one(
+            db, "SELECT COALESCE(SUM(n_tokens), 0) AS n FROM samples WHERE round_id = ?", (cur["round_id"],)
+        )["n"]

@@ -53,8 +53,14 @@ def build_groups(sp_size: int) -> Parallel:
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % sp_size:
         raise ValueError(f"sequence_parallel_size {sp_size} must divide the world size {world}")
-    p = Parallel(rank=rank, world=world, sp_size=sp_size, sp_rank=rank % sp_size, dp_size=world // sp_size,
-                 dp_rank=rank // sp_size)
+    p = Parallel(
+        rank=rank,
+        world=world,
+        sp_size=sp_size,
+        sp_rank=rank % sp_size,
+        dp_size=world // sp_size,
+        dp_rank=rank // sp_size,
+    )
     for g in range(world // sp_size):
         ranks = list(range(g * sp_size, (g + 1) * sp_size))
         group = dist.new_group(ranks) if sp_size > 1 else None

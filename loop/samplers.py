@@ -30,13 +30,19 @@ class TransformersSampler:
 
     def sample(self, prompts: list[list[int]], seeds: list[int]) -> list[list[Completion]]:
         s = self.cfg.sample
-        return [sample_n(self.model, self.tok, p, s.n, s.temperature, s.top_p, s.max_new_tokens, seed, s.shared_prefill)
-                for p, seed in zip(prompts, seeds)]
+        return [
+            sample_n(
+                self.model, self.tok, p, s.n, s.temperature, s.top_p, s.max_new_tokens, seed, s.shared_prefill
+            )
+            for p, seed in zip(prompts, seeds)
+        ]
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         out: list[Completion] = []
         for i in range(0, len(prompts), self.cfg.eval.batch_size):
-            out += greedy_batch(self.model, self.tok, prompts[i:i + self.cfg.eval.batch_size], max_new_tokens)
+            out += greedy_batch(
+                self.model, self.tok, prompts[i : i + self.cfg.eval.batch_size], max_new_tokens
+            )
         return out
 
 
@@ -56,18 +62,32 @@ class VllmSampler:
 
         s = self.cfg.sample
         # One request per question (n = N shares its prefill); per-question seeds keep reruns reproducible.
-        return [self.engine.generate([p], sampling_kwargs(s.n, s.temperature, s.top_p, s.max_new_tokens, seed, self.stop),
-                                     self.adapter)[0] for p, seed in zip(prompts, seeds)]
+        return [
+            self.engine.generate(
+                [p],
+                sampling_kwargs(s.n, s.temperature, s.top_p, s.max_new_tokens, seed, self.stop),
+                self.adapter,
+            )[0]
+            for p, seed in zip(prompts, seeds)
+        ]
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         from sealong.loop.vllm_backend import sampling_kwargs
 
-        outs = self.engine.generate(prompts, sampling_kwargs(1, 0.0, 1.0, max_new_tokens, None, self.stop), self.adapter)
+        outs = self.engine.generate(
+            prompts, sampling_kwargs(1, 0.0, 1.0, max_new_tokens, None, self.stop), self.adapter
+        )
         return [o[0] for o in outs]
 
 
-def make_sampler(cfg: Config, base_dir: Path, adapter_id: str | None, adapter_dir: Path | None, adapter_sha: str | None,
-                 seed: int) -> tuple[Sampler, object]:
+def make_sampler(
+    cfg: Config,
+    base_dir: Path,
+    adapter_id: str | None,
+    adapter_dir: Path | None,
+    adapter_sha: str | None,
+    seed: int,
+) -> tuple[Sampler, object]:
     """(sampler, tokenizer) for the policy base + adapter."""
     from sealong.loop.models import load_policy, load_tokenizer
 

@@ -39,15 +39,27 @@ def stop_ids(tokenizer) -> list[int]:
 
 @torch.inference_mode()
 def sample_n(
-    model, tokenizer, input_ids: list[int], n: int, temperature: float, top_p: float, max_new_tokens: int,
-    seed: int, shared_prefill: bool = True,
+    model,
+    tokenizer,
+    input_ids: list[int],
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    shared_prefill: bool = True,
 ) -> list[Completion]:
     """N sampled continuations of one prompt."""
     torch.manual_seed(seed)
     prompt = torch.tensor([input_ids], dtype=torch.long)
     gen_kwargs = dict(
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-        eos_token_id=stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
     )
     if shared_prefill:
         from transformers import DynamicCache
@@ -56,11 +68,13 @@ def sample_n(
         model(input_ids=prompt[:, :-1], past_key_values=cache, use_cache=True)  # one prefill
         cache.batch_repeat_interleave(n)
         batch = prompt.expand(n, -1)
-        out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **gen_kwargs)
+        out = model.generate(
+            input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **gen_kwargs
+        )
     else:
         batch = prompt.expand(n, -1)
         out = model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **gen_kwargs)
-    return _decode(tokenizer, out[:, prompt.shape[1]:])
+    return _decode(tokenizer, out[:, prompt.shape[1] :])
 
 
 @torch.inference_mode()
@@ -71,7 +85,14 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
     out = model.generate(
-        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-        eos_token_id=stop_ids(tokenizer), pad_token_id=pad, temperature=None, top_p=None, top_k=None,
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids(tokenizer),
+        pad_token_id=pad,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
     return _decode(tokenizer, out[:, width:])

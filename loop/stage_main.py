@@ -1,24 +1,46 @@
 """Child-process entry point for one stage: `python -P -m sealong.loop.stage_main --workdir W --stage-id N`.
 
 The controller launches this; users normally do not. Exit codes: 0 done, 1 failed (retryable),
-3 failed (not retryable: the same inputs would fail again, e.g. a NaN loss or a corrupted adapter).
+3 failed (not retryable: the same inputs would fail again, e.g. a NaN loss, a corrupted adapter, a full
+disk that someone must clear first).
+
+A stage is done once its last transaction commits (`ctx.mark_done`); nothing after that, not even this
+process dying, turns it back. One stage process writes to a workdir at a time: each takes an flock on
+`<workdir>/stage.lock`, so a stray process of a killed controller (which dies within a second, see
+`_die_with_parent`) is waited for rather than raced.
+
+Fault injection (tests only; off unless set, see sealong.store.faults for the grammar):
+    SEALONG_FAULT="train:2"                         the first 2 attempts of train fail
+    SEALONG_FAULT="train:after-rename@adapter-*:kill"   SIGKILL train between the adapter's rename and its commit
+    SEALONG_FAULT="sample:progress:kill-controller"  SIGKILL the controller mid-sample
+    SEALONG_FAULT="train:loss@2:nan"                the 2nd micro-batch's ORPO loss is NaN
+    SEALONG_FAULT="train:write-partial@adapter-*:enospc"  the adapter write fails as on a full disk
+    SEALONG_FAULT_DIR=<dir>                         each entry fires once (claimed by a file in <dir>)
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
+import fcntl
 import importlib
 import json
 import os
+import random
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
+import zlib
 from pathlib import Path
 
 EXIT_RETRYABLE, EXIT_FATAL = 1, 3
+STAGE_LOCK = "stage.lock"
+STAGE_LOCK_WAIT_S = 60.0
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -48,23 +70,100 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _quiet_libraries() -> None:
+    """Through the environment: importing transformers here would cost pairs and promote ~2 s."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - cosmetics only
-        pass
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _maybe_inject_fault(name: str, attempt: int) -> None:
-    """Testing hook: SEALONG_FAULT="train:2" makes the first 2 attempts of the train stage fail."""
-    spec = os.environ.get("SEALONG_FAULT", "")
-    if ":" in spec:
-        stage, _, count = spec.partition(":")
-        if stage == name and attempt <= int(count or 0):
-            raise RuntimeError(f"injected fault (SEALONG_FAULT={spec}, attempt {attempt})")
+def _contain_writes(workdir: Path) -> None:
+    """Point the libraries' temp and cache directories into the workdir, before they are imported: torch
+    creates $TMPDIR/torchinductor_<user> on import, and remote code (when allowed) is copied to a cache."""
+    tmp = workdir / "tmp"
+    if "RANK" not in os.environ:  # alone (holding the stage lock): clear what killed stages left
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    cache = workdir / "cache"
+    os.environ["TMPDIR"] = str(tmp)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "torchinductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+    os.environ["HF_MODULES_CACHE"] = str(cache / "hf_modules")
+    os.environ["MPLCONFIGDIR"] = str(cache / "matplotlib")
+    tempfile.tempdir = None  # forget a temp dir chosen before this point
+
+
+def _limit_threads(threads: int) -> None:
+    """Torch threads for this process; set through the environment so stages that never import torch
+    (pairs, promote) do not pay for importing it."""
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
+def _stage_lock(workdir: Path) -> int | None:
+    """Wait (bounded) for an exclusive flock on <workdir>/stage.lock. Rank 0 only under torchrun."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    fd = os.open(workdir / STAGE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    end = time.monotonic() + STAGE_LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > end:
+                os.close(fd)
+                raise RuntimeError(
+                    f"another stage process still holds {workdir / STAGE_LOCK} after "
+                    f"{STAGE_LOCK_WAIT_S:.0f} s"
+                ) from None
+            time.sleep(0.1)
+
+
+def _seed_everything(run_seed: int, round_idx: int, name: str) -> None:
+    """Seed the global generators from (run, round, stage), so a rerun of a stage after a crash draws what
+    the first attempt drew: e.g. PEFT initialises LoRA's A matrices from torch's global generator."""
+    seed = (run_seed * 1_000_003 + round_idx * 7919 + zlib.crc32(name.encode())) % (2**31)
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+def _inject_loss_faults() -> None:
+    """SEALONG_FAULT="train:loss@<n>:nan|inf": make the n-th micro-batch's loss non-finite."""
+    from sealong.loop import training
+    from sealong.store import faults
+
+    step_loss, calls = training.orpo_step_loss, [0]
+
+    def faulty(*args, **kwargs):
+        out, n_tok = step_loss(*args, **kwargs)
+        calls[0] += 1
+        action = faults.point("loss", str(calls[0]))
+        if action in ("nan", "inf"):
+            out = dataclasses.replace(out, loss=out.loss * float(action))
+        return out, n_tok
+
+    training.orpo_step_loss = faulty
+
+
+def _failure(e: BaseException, name: str, workdir: Path) -> tuple[str, int]:
+    """(message for the store, exit code) for an exception that ended the stage."""
+    from sealong.loop.errors import IntegrityError, SealongError
+    from sealong.store.artifacts import is_disk_full
+
+    training = sys.modules.get("sealong.loop.training")
+    if is_disk_full(e):
+        return (
+            f"disk full during {name}: {e}; nothing was recorded as done. Free space on the filesystem of "
+            f"{workdir} (df -h {workdir}), then `sealong-loop start --workdir {workdir}` resumes the run"
+        ), EXIT_FATAL
+    message = str(e) if isinstance(e, SealongError) else f"{type(e).__name__}: {e}"
+    fatal = isinstance(e, IntegrityError) or (training is not None and isinstance(e, training.NonFiniteLoss))
+    return message, EXIT_FATAL if fatal else EXIT_RETRYABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,35 +177,56 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
 
     from sealong.loop.config import config_from_dict
-    from sealong.loop.errors import IntegrityError, SealongError
     from sealong.loop.stages.base import StageContext
-    from sealong.loop.training import NonFiniteLoss
+    from sealong.store import faults
     from sealong.store.db import connect, log_event, one
 
     workdir = Path(args.workdir).resolve()
+    _stage_lock(workdir)  # held until this process exits
+    _contain_writes(workdir)
     db = connect(workdir)
     stage = one(db, "SELECT * FROM stages WHERE id = ?", (args.stage_id,))
+    if stage["status"] == "done":
+        print(f"{stage['name']} is already recorded as done; nothing to do", file=sys.stderr)
+        return 0
     rnd = one(db, "SELECT * FROM rounds WHERE id = ?", (stage["round_id"],))
     run = one(db, "SELECT * FROM runs WHERE id = ?", (rnd["run_id"],))
     cfg = config_from_dict(json.loads(run["config_json"]), f"{workdir}/config.toml")
-    if cfg.policy.threads:
-        import torch
-
-        torch.set_num_threads(cfg.policy.threads)
-    ctx = StageContext(db=db, cfg=cfg, workdir=workdir, run_id=run["id"], round_id=rnd["id"], round_idx=rnd["idx"],
-                       stage_id=stage["id"], name=stage["name"])
+    _limit_threads(cfg.policy.threads)
+    ctx = StageContext(
+        db=db,
+        cfg=cfg,
+        workdir=workdir,
+        run_id=run["id"],
+        round_id=rnd["id"],
+        round_idx=rnd["idx"],
+        stage_id=stage["id"],
+        name=stage["name"],
+    )
+    faults.set_context(stage["name"], rnd["idx"], args.parent_pid or None)
     try:
-        _maybe_inject_fault(stage["name"], stage["attempts"])
-        importlib.import_module(f"sealong.loop.stages.{stage['name']}").run(ctx)
-        return 0
+        faults.point("start", attempt=stage["attempts"])
+        module = importlib.import_module(f"sealong.loop.stages.{stage['name']}")
+        _seed_everything(cfg.run.seed, rnd["idx"], stage["name"])
+        if stage["name"] == "train" and os.environ.get(faults.ENV):
+            _inject_loss_faults()
+        module.run(ctx)
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then reported by exit code
-        fatal = isinstance(e, (NonFiniteLoss, IntegrityError))
-        message = str(e) if isinstance(e, SealongError) else f"{type(e).__name__}: {e}"
+        message, code = _failure(e, stage["name"], workdir)
         traceback.print_exc(file=sys.stderr)
-        db.execute("UPDATE stages SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                   (message, time.time(), stage["id"]))
-        log_event(db, f"{stage['name']} failed: {message}", "error", run["id"], rnd["id"], stage["name"])
-        return EXIT_FATAL if fatal else EXIT_RETRYABLE
+        print(f"{stage['name']} failed: {message}", file=sys.stderr)
+        try:
+            # A stage that committed `done` stays done, whatever happens to its process afterwards.
+            db.execute(
+                "UPDATE stages SET status = 'failed', error = ?, finished_at = ? WHERE id = ? AND status != 'done'",
+                (message, time.time(), stage["id"]),
+            )
+            log_event(db, f"{stage['name']} failed: {message}", "error", run["id"], rnd["id"], stage["name"])
+        except Exception as record_error:  # noqa: BLE001 - e.g. the same full disk; the controller records it
+            print(f"could not record the failure in the store: {record_error}", file=sys.stderr)
+        return code
+    faults.point("after-commit")
+    return 0
 
 
 if __name__ == "__main__":

@@ -44,13 +44,15 @@ class NonFiniteLoss(SealongError):
     """Training produced a NaN or inf loss; the adapter is discarded."""
 
 
-def encode_response(tokenizer, prompt_ids: list[int], response: str, max_length: int) -> tuple[list[int], list[int]]:
+def encode_response(
+    tokenizer, prompt_ids: list[int], response: str, max_length: int
+) -> tuple[list[int], list[int]]:
     """prompt + response + end-of-turn; labels mask the prompt. Overlong examples lose prompt tokens from the left."""
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     end = end if isinstance(end, int) and end != tokenizer.unk_token_id else tokenizer.eos_token_id
     resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [end]
     resp = resp[: max_length // 2]
-    prompt = prompt_ids[-(max_length - len(resp)):]
+    prompt = prompt_ids[-(max_length - len(resp)) :]
     return prompt + resp, [IGNORE] * len(prompt) + resp
 
 
@@ -72,8 +74,14 @@ def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
         model.enable_input_require_grads()
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -89,8 +97,15 @@ def use_ring_attention(peft_model) -> None:
     peft_model.get_base_model().set_attn_implementation(register_hf_ring_attention())
 
 
-def orpo_step_loss(peft_model, batch: list[PairExample], beta: float, loss: str, pad_id: int,
-                   par: Parallel = Parallel(), chunk_size: int = 1024):
+def orpo_step_loss(
+    peft_model,
+    batch: list[PairExample],
+    beta: float,
+    loss: str,
+    pad_id: int,
+    par: Parallel = Parallel(),
+    chunk_size: int = 1024,
+):
     """Forward chosen and rejected sequences together; return the OrpoOutput and this rank's token count.
 
     Labels are shifted at full length (label[t] = token t+1), then sequences are padded to a multiple of
@@ -98,7 +113,9 @@ def orpo_step_loss(peft_model, batch: list[PairExample], beta: float, loss: str,
     """
     decoder, head = decoder_and_head(peft_model)
     seqs = [b.chosen_ids for b in batch] + [b.rejected_ids for b in batch]
-    shifted = [lab[1:] + [IGNORE] for lab in [b.chosen_labels for b in batch] + [b.rejected_labels for b in batch]]
+    shifted = [
+        lab[1:] + [IGNORE] for lab in [b.chosen_labels for b in batch] + [b.rejected_labels for b in batch]
+    ]
     multiple = 2 * par.sp_size if par.sp_size > 1 else 1
     width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
     ids, labels = _pad(seqs, width, pad_id), _pad(shifted, width, IGNORE)
@@ -114,8 +131,17 @@ def orpo_step_loss(peft_model, batch: list[PairExample], beta: float, loss: str,
         mask = _pad([[1] * len(s) for s in seqs], width, 0)
         hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [2B, T, H]
         n_tok = int(mask.sum())
-    out = orpo_kernels.orpo_loss(hidden[:b], hidden[b:], head.weight, labels[:b], labels[b:], beta=beta,
-                                 backend=loss, chunk_size=chunk_size if loss == "fused" else None, group=par.sp_group)
+    out = orpo_kernels.orpo_loss(
+        hidden[:b],
+        hidden[b:],
+        head.weight,
+        labels[:b],
+        labels[b:],
+        beta=beta,
+        backend=loss,
+        chunk_size=chunk_size if loss == "fused" else None,
+        group=par.sp_group,
+    )
     return out, n_tok
 
 
@@ -125,11 +151,12 @@ def micro_batch_schedule(n_examples: int, cfg: TrainConfig, seed: int) -> list[l
     for _ in range(cfg.epochs):
         order = list(range(n_examples))
         rng.shuffle(order)
-        schedule += [order[i:i + cfg.batch_size] for i in range(0, n_examples, cfg.batch_size)]
+        schedule += [order[i : i + cfg.batch_size] for i in range(0, n_examples, cfg.batch_size)]
     return schedule
 
 
 # -- checkpoints (safetensors only) -------------------------------------------------------------------------
+
 
 def save_checkpoint(directory: Path, step: int, model, opt: torch.optim.Optimizer) -> Path:
     from safetensors.torch import save_file
@@ -139,7 +166,9 @@ def save_checkpoint(directory: Path, step: int, model, opt: torch.optim.Optimize
     tensors = {f"param/{n}": p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     for p, state in opt.state.items():
         for k, v in state.items():
-            tensors[f"opt/{names[id(p)]}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
+            tensors[f"opt/{names[id(p)]}/{k}"] = (
+                (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
+            )
     tensors["rng/torch"] = torch.get_rng_state()
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_dir(directory / f"step-{step:06d}") as tmp:
@@ -173,10 +202,18 @@ def load_checkpoint(path: Path, model, opt: torch.optim.Optimizer) -> int:
 
 # -- the loop -------------------------------------------------------------------------------------------------
 
+
 def train_orpo(
-    peft_model, examples: list[PairExample], cfg: TrainConfig, pad_id: int, seed: int,
-    on_step: Callable[[dict], None] = lambda s: None, par: Parallel = Parallel(),
-    checkpoint_dir: Path | None = None, checkpoint_every: int = 0, stop_after: int | None = None,
+    peft_model,
+    examples: list[PairExample],
+    cfg: TrainConfig,
+    pad_id: int,
+    seed: int,
+    on_step: Callable[[dict], None] = lambda s: None,
+    par: Parallel = Parallel(),
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
+    stop_after: int | None = None,
 ) -> dict:
     """ORPO over the examples; returns a summary. Raises NonFiniteLoss on NaN/inf.
 
@@ -203,16 +240,20 @@ def train_orpo(
     peft_model.train()
     history, t_tokens, t0 = [], 0, time.monotonic()
     for step in range(start, total_steps if stop_after is None else min(total_steps, stop_after)):
-        slots = schedule[step * per_step:(step + 1) * per_step]
-        mine = slots[par.dp_rank::par.dp_size]
+        slots = schedule[step * per_step : (step + 1) * per_step]
+        mine = slots[par.dp_rank :: par.dp_size]
         acc = torch.zeros(4)  # loss, nll, or_loss, log-odds ratio: sums over this rank's micro-batches
         for micro in mine:
-            out, n_tok = orpo_step_loss(peft_model, [examples[i] for i in micro], cfg.beta, cfg.loss, pad_id, par)
+            out, n_tok = orpo_step_loss(
+                peft_model, [examples[i] for i in micro], cfg.beta, cfg.loss, pad_id, par
+            )
             if not torch.isfinite(out.loss):
                 raise NonFiniteLoss(f"non-finite ORPO loss ({out.loss.item()}) at optimizer step {step + 1}")
             (out.loss / len(slots)).backward()
             t_tokens += n_tok
-            acc += torch.tensor([out.loss.item(), out.nll.item(), out.or_loss.item(), out.log_odds_ratio.mean().item()])
+            acc += torch.tensor(
+                [out.loss.item(), out.nll.item(), out.or_loss.item(), out.log_odds_ratio.mean().item()]
+            )
         all_reduce_grads(params, par.sp_group)
         all_reduce_grads(params, par.dp_group)
         if par.dp_group is not None:  # the logged loss is the mean over every micro-batch of the step
@@ -223,15 +264,35 @@ def train_orpo(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        rec = {"step": step + 1, "total_steps": total_steps, "loss": acc[0].item(), "nll": acc[1].item(),
-               "or_loss": acc[2].item(), "log_odds_ratio": acc[3].item(), "lr": lr_at(step), "grad_norm": grad_norm,
-               "tokens_per_s": t_tokens / max(time.monotonic() - t0, 1e-9)}
+        rec = {
+            "step": step + 1,
+            "total_steps": total_steps,
+            "loss": acc[0].item(),
+            "nll": acc[1].item(),
+            "or_loss": acc[2].item(),
+            "log_odds_ratio": acc[3].item(),
+            "lr": lr_at(step),
+            "grad_norm": grad_norm,
+            "tokens_per_s": t_tokens / max(time.monotonic() - t0, 1e-9),
+        }
         history.append(rec)
         on_step(rec)
-        if checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 \
-                and step + 1 < total_steps and par.is_main:
+        if (
+            checkpoint_dir is not None
+            and checkpoint_every
+            and (step + 1) % checkpoint_every == 0
+            and step + 1 < total_steps
+            and par.is_main
+        ):
             save_checkpoint(checkpoint_dir, step + 1, peft_model, opt)
     peft_model.eval()
-    return {"steps": (history[-1]["step"] if history else start), "resumed_from_step": start, "examples": len(examples),
-            "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
-            "seconds": time.monotonic() - t0, "world": par.world, "sequence_parallel": par.sp_size}
+    return {
+        "steps": (history[-1]["step"] if history else start),
+        "resumed_from_step": start,
+        "examples": len(examples),
+        "first_loss": history[0]["loss"] if history else None,
+        "last_loss": history[-1]["loss"] if history else None,
+        "seconds": time.monotonic() - t0,
+        "world": par.world,
+        "sequence_parallel": par.sp_size,
+    }

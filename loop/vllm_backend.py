@@ -36,10 +36,17 @@ def adapter_ref(adapter_id: str, sha256: str, path: Path) -> AdapterRef:
 def engine_kwargs(cfg: Config, base_dir: Path, seed: int) -> dict[str, Any]:
     v = cfg.vllm
     return {
-        "model": str(base_dir), "tokenizer": str(base_dir), "dtype": v.dtype, "enable_lora": True,
-        "max_lora_rank": v.max_lora_rank, "max_loras": 1, "enable_prefix_caching": v.enable_prefix_caching,
-        "tensor_parallel_size": v.tensor_parallel_size, "max_model_len": v.max_model_len,
-        "gpu_memory_utilization": v.gpu_memory_utilization, "seed": seed,
+        "model": str(base_dir),
+        "tokenizer": str(base_dir),
+        "dtype": v.dtype,
+        "enable_lora": True,
+        "max_lora_rank": v.max_lora_rank,
+        "max_loras": 1,
+        "enable_prefix_caching": v.enable_prefix_caching,
+        "tensor_parallel_size": v.tensor_parallel_size,
+        "max_model_len": v.max_model_len,
+        "gpu_memory_utilization": v.gpu_memory_utilization,
+        "seed": seed,
         "trust_remote_code": cfg.policy.trust_remote_code,
     }
 
@@ -48,17 +55,28 @@ def prompt_token_budget(cfg: Config, max_new_tokens: int) -> int:
     """Longest prompt that leaves room for the answer within max_model_len (and the policy's own limit)."""
     budget = min(cfg.vllm.max_model_len - max_new_tokens, cfg.policy.max_prompt_tokens)
     if budget < 64:
-        raise SealongError(f"vllm.max_model_len = {cfg.vllm.max_model_len} leaves {budget} prompt tokens "
-                           f"after {max_new_tokens} new tokens; raise it")
+        raise SealongError(
+            f"vllm.max_model_len = {cfg.vllm.max_model_len} leaves {budget} prompt tokens "
+            f"after {max_new_tokens} new tokens; raise it"
+        )
     return budget
 
 
-def sampling_kwargs(n: int, temperature: float, top_p: float, max_tokens: int, seed: int | None, stop_ids: list[int]) -> dict[str, Any]:
+def sampling_kwargs(
+    n: int, temperature: float, top_p: float, max_tokens: int, seed: int | None, stop_ids: list[int]
+) -> dict[str, Any]:
     """SamplingParams arguments. temperature 0 → greedy (n must be 1)."""
     if temperature == 0 and n != 1:
         raise ValueError("greedy decoding draws one sample (n = 1)")
-    return {"n": n, "temperature": temperature, "top_p": top_p if temperature else 1.0, "max_tokens": max_tokens,
-            "seed": seed, "stop_token_ids": stop_ids, "skip_special_tokens": True}
+    return {
+        "n": n,
+        "temperature": temperature,
+        "top_p": top_p if temperature else 1.0,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "stop_token_ids": stop_ids,
+        "skip_special_tokens": True,
+    }
 
 
 class VllmEngine:
@@ -68,16 +86,24 @@ class VllmEngine:
         try:
             from vllm import LLM
         except ImportError as e:
-            raise SealongError("sample.backend = 'vllm' needs vLLM and a CUDA GPU (`pip install vllm`); "
-                               "run `sealong-loop doctor --config …` to see what this machine has") from e
+            raise SealongError(
+                "sample.backend = 'vllm' needs vLLM and a CUDA GPU (`pip install vllm`); "
+                "run `sealong-loop doctor --config …` to see what this machine has"
+            ) from e
         self.llm = LLM(**engine_kwargs(cfg, base_dir, seed))
 
-    def generate(self, prompts: list[list[int]], params: dict[str, Any], adapter: AdapterRef | None) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], params: dict[str, Any], adapter: AdapterRef | None
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
 
         lora = LoRARequest(adapter.name, adapter.int_id, adapter.path) if adapter else None
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], SamplingParams(**params),
-                                 lora_request=lora, use_tqdm=False)
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            SamplingParams(**params),
+            lora_request=lora,
+            use_tqdm=False,
+        )
         return [[Completion(c.text.strip(), len(c.token_ids)) for c in o.outputs] for o in outs]

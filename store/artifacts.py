@@ -2,17 +2,25 @@
 
 A stage writes its outputs to a temporary sibling, fsyncs, and renames into place; only then does it mark
 itself done in the database. A kill at any moment leaves either no artifact or a whole one, and an
-artifact on disk that the database does not reference is garbage the next attempt removes.
+artifact on disk that the database does not reference is garbage the next attempt removes. A failed write
+(a full disk, say) removes its temporary files before the error propagates.
+
+The writes pass the fault-injection points of sealong.store.faults (write-partial, before-rename,
+after-rename), so the reliability tests can kill a writer at each step.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from sealong.store import faults
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -52,28 +60,41 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        faults.point("write-partial", final.name, before=lambda: faults.truncate_largest(tmp))
         _fsync_tree(tmp)
+        faults.point("before-rename", final.name)
         if final.exists():
             raise FileExistsError(f"{final} already exists")
         os.rename(tmp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(final.parent)
+        faults.point("after-rename", final.name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a whole file or nothing: temp sibling, fsync, rename, fsync the directory."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        faults.point("before-rename", path.name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:
@@ -86,3 +107,20 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True if the error, or one it was raised from, means the filesystem (or a quota) is full."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, sqlite3.Error) and "disk is full" in str(e):
+            return True
+        # Writers in other languages (safetensors' Rust) report it only in their message.
+        if "No space left on device" in str(e) or "StorageFull" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

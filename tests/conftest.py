@@ -27,12 +27,18 @@ def write_config(path: Path, base: Path = TINY_CONFIG, **sections: dict) -> Path
     return path
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict | None = None, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run `sealong-loop ARGS` as a user would (a separate process, plain output)."""
     cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 

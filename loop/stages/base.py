@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlite_utils
 from sealong.loop.config import Config
+from sealong.store import faults
 from sealong.store.db import dumps, log_event, one, rows
 
 STAGES = ["sample", "score", "pairs", "train", "eval", "promote"]
@@ -36,8 +37,12 @@ class StageContext:
     def round(self) -> dict[str, Any]:
         return one(self.db, "SELECT * FROM rounds WHERE id = ?", (self.round_id,))  # type: ignore[return-value]
 
-    def progress(self, done: float, total: float, unit: str = "", note: str = "", force: bool = False) -> None:
+    def progress(
+        self, done: float, total: float, unit: str = "", note: str = "", force: bool = False
+    ) -> None:
         """Record progress for the monitor (throttled to a few writes a second)."""
+        if done > 0:
+            faults.point("progress")  # tests: the stage has committed some of its rows
         now = time.monotonic()
         if not force and now - self._last_progress < 0.5 and done < total:
             return
@@ -56,6 +61,7 @@ class StageContext:
             "UPDATE stages SET status = 'done', finished_at = ?, output_json = ?, error = NULL WHERE id = ?",
             (time.time(), dumps(summary), self.stage_id),
         )
+        faults.point("mark-done")  # tests: killed here, the whole transaction rolls back
 
     def round_questions(self) -> list[dict[str, Any]]:
         """This round's training questions: a deterministic slice of the pool, rotating each round."""
@@ -65,7 +71,9 @@ class StageContext:
         return [pool[(start + i) % len(pool)] for i in range(min(k, len(pool)))]
 
     def stage_output(self, name: str) -> dict[str, Any]:
-        r = one(self.db, "SELECT output_json FROM stages WHERE round_id = ? AND name = ?", (self.round_id, name))
+        r = one(
+            self.db, "SELECT output_json FROM stages WHERE round_id = ? AND name = ?", (self.round_id, name)
+        )
         return json.loads(r["output_json"]) if r and r["output_json"] else {}
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sealong.loop.errors import IntegrityError
-from sealong.loop.models import prepare_base_model
+from sealong.loop.errors import IntegrityError, SealongError
+from sealong.loop.models import prepare_base_model, require_safetensors_adapter
 from sealong.loop.stages.base import StageContext
 from sealong.store.artifacts import sha256_dir
 from sealong.store.db import one
@@ -27,7 +27,13 @@ def verified_adapter_dir(ctx: StageContext, adapter_id: str | None) -> Path | No
         raise IntegrityError(f"adapter {adapter_id}: directory {path} is missing")
     actual = sha256_dir(path)
     if actual != row["sha256"]:
-        raise IntegrityError(f"adapter {adapter_id}: files in {path} do not match the recorded sha256 (corrupted?)")
+        raise IntegrityError(
+            f"adapter {adapter_id}: files in {path} do not match the recorded sha256 (corrupted?)"
+        )
+    try:
+        require_safetensors_adapter(path)
+    except SealongError as e:
+        raise IntegrityError(str(e)) from None
     return path
 
 
@@ -36,5 +42,11 @@ def policy_sampler(ctx: StageContext, adapter_id: str | None):
     from sealong.loop.samplers import make_sampler
 
     adapter_dir = verified_adapter_dir(ctx, adapter_id)
-    sha = one(ctx.db, "SELECT sha256 FROM adapters WHERE id = ?", (adapter_id,))["sha256"] if adapter_id else None
-    return make_sampler(ctx.cfg, base_dir(ctx), adapter_id, adapter_dir, sha, ctx.cfg.run.seed + ctx.round_idx)
+    sha = (
+        one(ctx.db, "SELECT sha256 FROM adapters WHERE id = ?", (adapter_id,))["sha256"]
+        if adapter_id
+        else None
+    )
+    return make_sampler(
+        ctx.cfg, base_dir(ctx), adapter_id, adapter_dir, sha, ctx.cfg.run.seed + ctx.round_idx
+    )

@@ -26,15 +26,21 @@ def choose_pair(samples: list[dict[str, Any]], rng: random.Random) -> tuple[dict
         return "all samples identical"
     ranked = sorted(samples, key=lambda s: (-s["mbr_score"], s["sample_idx"]))
     chosen = ranked[0]
-    lower = [s for s in ranked[len(ranked) - len(ranked) // 2:] if s["text"].strip() != chosen["text"].strip()]
+    lower = [
+        s for s in ranked[len(ranked) - len(ranked) // 2 :] if s["text"].strip() != chosen["text"].strip()
+    ]
     if not lower:
         return "lower half only repeats the chosen answer"
     return chosen, rng.choice(lower)
 
 
 def run(ctx: StageContext) -> None:
-    samples = rows(ctx.db, "SELECT id, question_id, sample_idx, text, mbr_score FROM samples WHERE round_id = ? "
-                           "ORDER BY question_id, sample_idx", (ctx.round_id,))
+    samples = rows(
+        ctx.db,
+        "SELECT id, question_id, sample_idx, text, mbr_score FROM samples WHERE round_id = ? "
+        "ORDER BY question_id, sample_idx",
+        (ctx.round_id,),
+    )
     made, skipped = [], {}
     for qid, group in groupby(samples, key=lambda s: s["question_id"]):
         rng = random.Random(ctx.cfg.run.seed * 1_000_003 + ctx.round_idx * 7919 + zlib.crc32(qid.encode()))
@@ -57,27 +63,47 @@ def run(ctx: StageContext) -> None:
         )
         if skipped:
             ctx.event(f"skipped {sum(skipped.values())} degenerate question(s): {skipped}", "warn")
-        ctx.mark_done({"pairs": len(made), "skipped": skipped,
-                       "diagnostics": {f"{d['metric']}/{d['utility']}": round(d["value"], 2) for d in diag}})
+        ctx.mark_done(
+            {
+                "pairs": len(made),
+                "skipped": skipped,
+                "diagnostics": {f"{d['metric']}/{d['utility']}": round(d["value"], 2) for d in diag},
+            }
+        )
 
 
-def _question_samples(ctx: StageContext, samples: list[dict], pairs: dict[str, tuple[int, int]]) -> list[diagnostics.QuestionSamples]:
+def _question_samples(
+    ctx: StageContext, samples: list[dict], pairs: dict[str, tuple[int, int]]
+) -> list[diagnostics.QuestionSamples]:
     """Gather gold answers, samples, every utility's scores and greedy answers per question."""
-    answers = {r["id"]: json.loads(r["answers_json"]) for r in rows(ctx.db, "SELECT id, answers_json FROM questions WHERE split = 'train'")}
-    greedy = {r["question_id"]: r["text"] for r in rows(ctx.db, "SELECT question_id, text FROM greedy WHERE round_id = ?", (ctx.round_id,))}
+    answers = {
+        r["id"]: json.loads(r["answers_json"])
+        for r in rows(ctx.db, "SELECT id, answers_json FROM questions WHERE split = 'train'")
+    }
+    greedy = {
+        r["question_id"]: r["text"]
+        for r in rows(ctx.db, "SELECT question_id, text FROM greedy WHERE round_id = ?", (ctx.round_id,))
+    }
     scores: dict[int, dict[str, float]] = {}
-    for r in rows(ctx.db, "SELECT ss.sample_id, ss.utility, ss.score FROM sample_scores ss JOIN samples s ON s.id = ss.sample_id "
-                          "WHERE s.round_id = ?", (ctx.round_id,)):
+    for r in rows(
+        ctx.db,
+        "SELECT ss.sample_id, ss.utility, ss.score FROM sample_scores ss JOIN samples s ON s.id = ss.sample_id "
+        "WHERE s.round_id = ?",
+        (ctx.round_id,),
+    ):
         scores.setdefault(r["sample_id"], {})[r["utility"]] = r["score"]
     out = []
     for qid, group in groupby(samples, key=lambda s: s["question_id"]):
         group = list(group)
         index = {s["id"]: i for i, s in enumerate(group)}
         utilities = set().union(*(scores.get(s["id"], {}).keys() for s in group))
-        out.append(diagnostics.QuestionSamples(
-            answers=answers.get(qid, []), samples=[s["text"] for s in group],
-            scores={u: [scores.get(s["id"], {}).get(u, float("-inf")) for s in group] for u in utilities},
-            greedy=greedy.get(qid),
-            pair=(index[pairs[qid][0]], index[pairs[qid][1]]) if qid in pairs else None,
-        ))
+        out.append(
+            diagnostics.QuestionSamples(
+                answers=answers.get(qid, []),
+                samples=[s["text"] for s in group],
+                scores={u: [scores.get(s["id"], {}).get(u, float("-inf")) for s in group] for u in utilities},
+                greedy=greedy.get(qid),
+                pair=(index[pairs[qid][0]], index[pairs[qid][1]]) if qid in pairs else None,
+            )
+        )
     return out

@@ -22,7 +22,9 @@ from sealong.store.db import Transaction, rows
 class Scorer:
     """Scores for one question's samples under each utility; loads the embedder once, on first use."""
 
-    def __init__(self, embedder_spec: str, batch_size: int, backend: str, seed: int, trust_remote_code: bool = False):
+    def __init__(
+        self, embedder_spec: str, batch_size: int, backend: str, seed: int, trust_remote_code: bool = False
+    ):
         self.spec, self.batch_size, self.backend, self.seed = embedder_spec, batch_size, backend, seed
         self.trust_remote_code = trust_remote_code
         self._embedder = None
@@ -37,9 +39,17 @@ class Scorer:
         counts = [len(t) for t in texts_by_q]
         flat = [t for ts in texts_by_q for t in ts]
         if utility == "embedding":
-            emb = self.embedder.encode(flat, batch_size=self.batch_size, convert_to_tensor=True).to(torch.float32).cpu()
+            emb = (
+                self.embedder.encode(flat, batch_size=self.batch_size, convert_to_tensor=True)
+                .to(torch.float32)
+                .cpu()
+            )
             scorer = getattr(mbr, "mbr_scores", None)
-            out = scorer(emb, counts, backend=self.backend) if scorer else mbr.ragged_embedding_mbr_scores_reference(emb, counts)
+            out = (
+                scorer(emb, counts, backend=self.backend)
+                if scorer
+                else mbr.ragged_embedding_mbr_scores_reference(emb, counts)
+            )
             return [float(x) for x in out.tolist()]
         if utility == "bertscore" and hasattr(mbr, "bertscore_mbr_scores"):
             out = []
@@ -50,23 +60,35 @@ class Scorer:
                 mask = torch.zeros(len(ts), width, dtype=torch.bool)
                 for i, t in enumerate(tok_emb):
                     padded[i, : t.shape[0]], mask[i, : t.shape[0]] = t.float().cpu(), True
-                out += [float(x) for x in mbr.bertscore_mbr_scores(padded, mask, backend=self.backend).tolist()]
+                out += [
+                    float(x) for x in mbr.bertscore_mbr_scores(padded, mask, backend=self.backend).tolist()
+                ]
             return out
         if utility == "rouge-l" and hasattr(mbr, "rouge_l_mbr_scores"):
             return [float(s) for ts in texts_by_q for s in mbr.rouge_l_mbr_scores(ts)]
         if utility == "random" and hasattr(mbr, "random_scores"):
-            return [float(s) for i, ts in enumerate(texts_by_q) for s in mbr.random_scores(len(ts), self.seed + i)]
+            return [
+                float(s) for i, ts in enumerate(texts_by_q) for s in mbr.random_scores(len(ts), self.seed + i)
+            ]
         raise SealongError(f"score utility {utility!r} is not available in this build")
 
 
 def run(ctx: StageContext) -> None:
     t0 = time.monotonic()
     cfg = ctx.cfg
-    samples = rows(ctx.db, "SELECT id, question_id, text FROM samples WHERE round_id = ? ORDER BY question_id, sample_idx",
-                   (ctx.round_id,))
+    samples = rows(
+        ctx.db,
+        "SELECT id, question_id, text FROM samples WHERE round_id = ? ORDER BY question_id, sample_idx",
+        (ctx.round_id,),
+    )
     texts_by_q = [[s["text"] for s in g] for _, g in groupby(samples, key=lambda s: s["question_id"])]
-    scorer = Scorer(cfg.embedder.model, cfg.embedder.batch_size, cfg.score.backend, cfg.run.seed * 7919 + ctx.round_idx,
-                    cfg.embedder.trust_remote_code)
+    scorer = Scorer(
+        cfg.embedder.model,
+        cfg.embedder.batch_size,
+        cfg.score.backend,
+        cfg.run.seed * 7919 + ctx.round_idx,
+        cfg.embedder.trust_remote_code,
+    )
     utilities = [cfg.score.utility] + [u for u in cfg.score.diagnostic_utilities if u != cfg.score.utility]
     by_utility, skipped = {}, []
     for k, utility in enumerate(utilities):
@@ -81,12 +103,24 @@ def run(ctx: StageContext) -> None:
         ctx.event(f"diagnostic utilities not available in this build, skipped: {', '.join(skipped)}", "warn")
     main = by_utility[cfg.score.utility]
     with Transaction(ctx.db):
-        ctx.db.conn.executemany("UPDATE samples SET mbr_score = ? WHERE id = ?", [(sc, s["id"]) for sc, s in zip(main, samples)])
-        ctx.db.execute("DELETE FROM sample_scores WHERE sample_id IN (SELECT id FROM samples WHERE round_id = ?)", (ctx.round_id,))
+        ctx.db.conn.executemany(
+            "UPDATE samples SET mbr_score = ? WHERE id = ?", [(sc, s["id"]) for sc, s in zip(main, samples)]
+        )
+        ctx.db.execute(
+            "DELETE FROM sample_scores WHERE sample_id IN (SELECT id FROM samples WHERE round_id = ?)",
+            (ctx.round_id,),
+        )
         ctx.db.conn.executemany(
             "INSERT INTO sample_scores (sample_id, utility, score) VALUES (?, ?, ?)",
             [(s["id"], u, sc) for u, scores in by_utility.items() for sc, s in zip(scores, samples)],
         )
         ctx.progress(len(utilities), len(utilities), "utilities", force=True)
-        ctx.mark_done({"scored": len(samples), "questions": len(texts_by_q), "utility": cfg.score.utility,
-                       "diagnostic_utilities": sorted(set(by_utility) - {cfg.score.utility}), "seconds": time.monotonic() - t0})
+        ctx.mark_done(
+            {
+                "scored": len(samples),
+                "questions": len(texts_by_q),
+                "utility": cfg.score.utility,
+                "diagnostic_utilities": sorted(set(by_utility) - {cfg.score.utility}),
+                "seconds": time.monotonic() - t0,
+            }
+        )

@@ -12,14 +12,14 @@ import shutil
 import time
 
 from sealong.loop import parallel
-from sealong.loop.errors import SealongError
+from sealong.loop.errors import IntegrityError, SealongError
 from sealong.loop.models import load_causal_lm, load_tokenizer
 from sealong.loop.prompts import build_prompt
 from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
 from sealong.loop.stages.common import base_dir, verified_adapter_dir
 from sealong.loop.training import PairExample, add_lora, encode_response, latest_checkpoint, train_orpo
 from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
-from sealong.store.db import Transaction, dumps, rows
+from sealong.store.db import Transaction, dumps, one, rows
 
 PAIRS_SQL = """
 SELECT p.question_id, q.context, q.question, cs.text AS chosen, rs.text AS rejected
@@ -42,7 +42,9 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
     cfg = ctx.cfg
     pairs = rows(ctx.db, PAIRS_SQL, (ctx.round_id,))
     if not pairs:
-        raise SealongError("no preference pairs this round (every question was degenerate); nothing to train on")
+        raise SealongError(
+            "no preference pairs this round (every question was degenerate); nothing to train on"
+        )
     adapter_id = adapter_id_for_round(ctx.round_idx)
     adapters_dir = ctx.workdir / "adapters"
     final = adapters_dir / adapter_id
@@ -51,6 +53,11 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         adapters_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(adapters_dir)
         remove_stale_temps(checkpoints)
+        if one(ctx.db, "SELECT 1 AS x FROM adapters WHERE id = ?", (adapter_id,)):
+            raise IntegrityError(
+                f"{adapter_id} is already recorded, but its train stage is not done; refusing to "
+                f"overwrite it (run `sealong-loop status --workdir {ctx.workdir}` and inspect)"
+            )
         if final.exists():  # a killed attempt renamed it but never recorded it: not ours to trust
             shutil.rmtree(final)
     base = base_dir(ctx)
@@ -61,7 +68,9 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
     model = add_lora(model, cfg.train, init)
     examples = []
     for p in pairs:
-        prompt = build_prompt(tok, p["context"], p["question"], cfg.sample.instruction, cfg.policy.max_prompt_tokens)
+        prompt = build_prompt(
+            tok, p["context"], p["question"], cfg.sample.instruction, cfg.policy.max_prompt_tokens
+        )
         c_ids, c_lab = encode_response(tok, prompt.input_ids, p["chosen"], cfg.train.max_length)
         r_ids, r_lab = encode_response(tok, prompt.input_ids, p["rejected"], cfg.train.max_length)
         examples.append(PairExample(c_ids, c_lab, r_ids, r_lab))
@@ -72,36 +81,74 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         ctx.db.execute(
             "INSERT INTO train_steps (round_id, step, loss, nll, or_loss, log_odds_ratio, lr, grad_norm, tokens_per_s, ts) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ctx.round_id, rec["step"], rec["loss"], rec["nll"], rec["or_loss"], rec["log_odds_ratio"], rec["lr"],
-             rec["grad_norm"], rec["tokens_per_s"], time.time()),
+            (
+                ctx.round_id,
+                rec["step"],
+                rec["loss"],
+                rec["nll"],
+                rec["or_loss"],
+                rec["log_odds_ratio"],
+                rec["lr"],
+                rec["grad_norm"],
+                rec["tokens_per_s"],
+                time.time(),
+            ),
         )
-        ctx.progress(rec["step"], rec["total_steps"], "steps",
-                     f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  {rec['tokens_per_s']:.0f} tok/s", force=True)
+        ctx.progress(
+            rec["step"],
+            rec["total_steps"],
+            "steps",
+            f"loss {rec['loss']:.3f}  lr {rec['lr']:.2e}  {rec['tokens_per_s']:.0f} tok/s",
+            force=True,
+        )
 
     every = cfg.distributed.checkpoint_every
     if par.is_main:
         resumed = latest_checkpoint(checkpoints if every else None)
-        ctx.db.execute("DELETE FROM train_steps WHERE round_id = ? AND step > ?",
-                       (ctx.round_id, int(resumed.name.split("-")[1]) if resumed else 0))
+        ctx.db.execute(
+            "DELETE FROM train_steps WHERE round_id = ? AND step > ?",
+            (ctx.round_id, int(resumed.name.split("-")[1]) if resumed else 0),
+        )
         if resumed:
             ctx.event(f"resuming training from checkpoint {resumed.name}")
         ctx.progress(0, 1, "steps", force=True)
-    summary = train_orpo(model, examples, cfg.train, tok.pad_token_id, cfg.run.seed + ctx.round_idx, on_step, par,
-                         checkpoints if every else None, every)
+    summary = train_orpo(
+        model,
+        examples,
+        cfg.train,
+        tok.pad_token_id,
+        cfg.run.seed + ctx.round_idx,
+        on_step,
+        par,
+        checkpoints if every else None,
+        every,
+    )
     if not par.is_main:
         return
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     digest = sha256_dir(final)
-    summary.update(init="champion" if init else "base", loss_backend=cfg.train.loss, quantize=cfg.train.quantize)
+    summary.update(
+        init="champion" if init else "base", loss_backend=cfg.train.loss, quantize=cfg.train.quantize
+    )
     with Transaction(ctx.db):
         ctx.db.execute(
             "INSERT INTO adapters (id, run_id, round_id, parent_id, path, sha256, status, created_at, train_json) "
             "VALUES (?, ?, ?, ?, ?, ?, 'candidate', ?, ?)",
-            (adapter_id, ctx.run_id, ctx.round_id, ctx.round["policy_adapter_id"],
-             str(final.relative_to(ctx.workdir)), digest, time.time(), dumps(summary)),
+            (
+                adapter_id,
+                ctx.run_id,
+                ctx.round_id,
+                ctx.round["policy_adapter_id"],
+                str(final.relative_to(ctx.workdir)),
+                digest,
+                time.time(),
+                dumps(summary),
+            ),
         )
         ctx.db.execute("UPDATE rounds SET candidate_adapter_id = ? WHERE id = ?", (adapter_id, ctx.round_id))
-        ctx.event(f"trained {adapter_id}: {summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}")
+        ctx.event(
+            f"trained {adapter_id}: {summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}"
+        )
         ctx.mark_done({"adapter_id": adapter_id, "sha256": digest, **summary})
     shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is recorded: its checkpoints are spent

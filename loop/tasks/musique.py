@@ -11,7 +11,14 @@ import random
 from pathlib import Path
 
 from sealong.loop.errors import DataError
-from sealong.loop.tasks.records import QuestionRecord, approx_tokens, check_unique_ids, read_jsonl, require
+from sealong.loop.tasks.records import (
+    QuestionRecord,
+    approx_tokens,
+    check_text,
+    check_unique_ids,
+    read_jsonl,
+    require,
+)
 
 
 def _paragraphs(obj: dict, path: str, lineno: int) -> list[dict]:
@@ -22,6 +29,7 @@ def _paragraphs(obj: dict, path: str, lineno: int) -> list[dict]:
         for key in ("title", "paragraph_text"):
             if not isinstance(para.get(key), str):
                 raise DataError(path, lineno, f"paragraphs[{i}].{key}", "missing or not a string")
+            check_text(para[key], path, lineno, f"paragraphs[{i}].{key}")
     return paras
 
 
@@ -36,10 +44,20 @@ def build_musique_pool(
         question = require(obj, "question", str, p, lineno, nonempty=True)
         answer = require(obj, "answer", str, p, lineno)
         aliases = obj.get("answer_aliases", []) or []
-        if not isinstance(aliases, list):
-            raise DataError(p, lineno, "answer_aliases", "expected a list")
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise DataError(p, lineno, "answer_aliases", "expected a list of strings")
+        check_text(aliases, p, lineno, "answer_aliases")
         paras = _paragraphs(obj, p, lineno)
-        items.append((item_id, question, [answer, *aliases], paras, bool(obj.get("answerable", True))))
+        answerable = bool(obj.get("answerable", True))
+        if answerable and not any(para.get("is_supporting") for para in paras):
+            raise DataError(
+                p,
+                lineno,
+                "paragraphs",
+                "an answerable item needs a paragraph with is_supporting = true "
+                "(its context would hold no evidence)",
+            )
+        items.append((item_id, question, [answer, *aliases], paras, answerable))
         lines.append(lineno)
     check_unique_ids([QuestionRecord(id=i[0], context="", question="") for i in items], p, lines)
     rng = random.Random(seed)
@@ -66,8 +84,20 @@ def build_musique_pool(
         context = "\n\n".join(f"Passage {i + 1}:\n{d}" for i, d in enumerate(docs))
         pool.append(
             QuestionRecord(
-                id=f"musique-{item_id}", context=context, question=question,
-                answers=[a for a in answers if a], source="musique", task="musique", n_tokens=approx_tokens(context),
+                id=f"musique-{item_id}",
+                context=context,
+                question=question,
+                answers=[a for a in answers if a],
+                source="musique",
+                task="musique",
+                n_tokens=approx_tokens(context),
             )
+        )
+    if not pool:
+        raise DataError(
+            p,
+            None,
+            None,
+            f"no answerable items among {len(items)} record(s): the training pool would be empty",
         )
     return pool

@@ -10,7 +10,9 @@ from typing import Any
 
 from sealong.loop.errors import DataError
 
-MAX_LINE_BYTES = 64 << 20
+# One record per line. A longer line is refused before it is parsed (memory stays bounded by this), since
+# prompts keep only max_prompt_tokens of a context anyway: 16 MiB is ~4M tokens.
+MAX_LINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -37,9 +39,17 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(str(path), None, None, "file not found")
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        lineno = 0
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            lineno += 1
             if len(raw) > MAX_LINE_BYTES:
-                raise DataError(str(path), lineno, None, f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit")
+                raise DataError(
+                    str(path),
+                    lineno,
+                    None,
+                    f"line is longer than the {MAX_LINE_BYTES >> 20} MiB limit for one "
+                    "record; shorten it (prompts keep max_prompt_tokens of a context)",
+                )
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -47,15 +57,24 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                raise DataError(str(path), lineno, None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(
+                    str(path), lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"
+                ) from None
             if not isinstance(obj, dict):
                 raise DataError(str(path), lineno, None, f"expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
 
 
-def require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, lineno: int, nonempty: bool = False) -> Any:
+def require(
+    obj: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    path: str,
+    lineno: int,
+    nonempty: bool = False,
+) -> Any:
     """Fetch a field, checking presence, type and (optionally) non-emptiness."""
     if key not in obj:
         raise DataError(path, lineno, key, "missing")
@@ -66,7 +85,25 @@ def require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: 
         raise DataError(path, lineno, key, f"expected {names}, got {type(value).__name__}")
     if nonempty and (value == "" or (isinstance(value, str) and not value.strip()) or value == []):
         raise DataError(path, lineno, key, "must not be empty")
+    check_text(value, path, lineno, key)
     return value
+
+
+def check_text(value: Any, path: str, lineno: int, key: str) -> None:
+    """Strings (also inside lists) must be storable text: JSON's \\ud800-style escapes can encode unpaired
+    surrogates, which are not UTF-8 and would fail later, far from the file."""
+    for i, s in enumerate(value if isinstance(value, list) else [value]):
+        if isinstance(s, str):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as e:
+                where = f"{key}[{i}]" if isinstance(value, list) else key
+                raise DataError(
+                    path,
+                    lineno,
+                    where,
+                    f"holds an unpaired surrogate {s[e.start]!r} (a \\u escape that is not a character)",
+                ) from None
 
 
 def check_unique_ids(records: list[QuestionRecord], path: str, lines: list[int]) -> None:

@@ -21,18 +21,63 @@ from dataclasses import dataclass
 
 from sealong.loop.tasks.records import QuestionRecord, approx_tokens
 
-ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "qu", "r", "s", "st", "t", "th", "v", "w", "z"]
+ONSETS = [
+    "b",
+    "br",
+    "c",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "qu",
+    "r",
+    "s",
+    "st",
+    "t",
+    "th",
+    "v",
+    "w",
+    "z",
+]
 VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou", "y"]
 CODAS = ["", "n", "r", "l", "s", "th", "x", "m", "nd", "rk", "sh"]
 TOWN_SUFFIXES = ["ford", "mere", "by", "wick", "holt", "stead", "dale", "haven", "moor", "bridge"]
 COMPANY_KINDS = ["Works", "Mills", "Instruments", "Shipping", "Foundry", "Press", "Textiles", "Optics"]
-TRADES = ["clockmaker", "cartographer", "glassblower", "ferry pilot", "archivist", "beekeeper", "surveyor", "luthier"]
-FEATURES = ["a covered market", "a stone lighthouse", "a salt marsh", "an old observatory", "terraced orchards",
-            "a canal lock", "a copper mine", "a lantern festival", "a chalk quarry", "a river ferry"]
+TRADES = [
+    "clockmaker",
+    "cartographer",
+    "glassblower",
+    "ferry pilot",
+    "archivist",
+    "beekeeper",
+    "surveyor",
+    "luthier",
+]
+FEATURES = [
+    "a covered market",
+    "a stone lighthouse",
+    "a salt marsh",
+    "an old observatory",
+    "terraced orchards",
+    "a canal lock",
+    "a copper mine",
+    "a lantern festival",
+    "a chalk quarry",
+    "a river ferry",
+]
 
 
 def _word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)).capitalize()
+    return "".join(
+        rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)
+    ).capitalize()
 
 
 @dataclass
@@ -75,7 +120,13 @@ class NameMaker:
 
     def near_miss(self, person: str) -> str:
         first, last = person.split(" ")
-        return self._fresh(lambda: f"{first[:-1] + self.rng.choice('aeiouy')} {last}" if self.rng.random() < 0.5 else f"{_word(self.rng, 2)} {last}")
+        return self._fresh(
+            lambda: (
+                f"{first[:-1] + self.rng.choice('aeiouy')} {last}"
+                if self.rng.random() < 0.5
+                else f"{_word(self.rng, 2)} {last}"
+            )
+        )
 
 
 def _a(noun: str) -> str:
@@ -83,11 +134,15 @@ def _a(noun: str) -> str:
 
 
 def _town_passage(rng: random.Random, town: str, county: str) -> str:
-    return (f"{town} is a town in {county}. It is known for {rng.choice(FEATURES)}, and its people "
-            f"still speak of {rng.choice(FEATURES)} that once stood near the old road.")
+    return (
+        f"{town} is a town in {county}. It is known for {rng.choice(FEATURES)}, and its people "
+        f"still speak of {rng.choice(FEATURES)} that once stood near the old road."
+    )
 
 
-def _person_passage(rng: random.Random, person: str, town: str, company: str | None = None, spouse: str | None = None) -> str:
+def _person_passage(
+    rng: random.Random, person: str, town: str, company: str | None = None, spouse: str | None = None
+) -> str:
     parts = [f"{person} was born in {town}.", f"{person.split(' ')[0]} trained as {_a(rng.choice(TRADES))}."]
     if company:
         parts.append(f"Later, {person} worked for {company} for many years.")
@@ -99,8 +154,10 @@ def _person_passage(rng: random.Random, person: str, town: str, company: str | N
 
 
 def _company_passage(rng: random.Random, company: str, town: str) -> str:
-    return (f"{company} has its head office in {town}. The firm was founded by {_a(rng.choice(TRADES))} "
-            f"and is best known for work near {rng.choice(FEATURES)}.")
+    return (
+        f"{company} has its head office in {town}. The firm was founded by {_a(rng.choice(TRADES))} "
+        f"and is best known for work near {rng.choice(FEATURES)}."
+    )
 
 
 def _question(hops: int, variant: int, w: World) -> tuple[str, list[str]]:
@@ -111,9 +168,14 @@ def _question(hops: int, variant: int, w: World) -> tuple[str, list[str]]:
             return f"In which county was {w.person} born?", [w.county, w.county.removesuffix(" County")]
         return f"In which town was the spouse of {w.person} born?", [w.spouse_town]
     if variant == 0:
-        return (f"In which county is the head office of the company that {w.person} works for?",
-                [w.hq_county, w.hq_county.removesuffix(" County")])
-    return f"In which county was the spouse of {w.person} born?", [w.spouse_county, w.spouse_county.removesuffix(" County")]
+        return (
+            f"In which county is the head office of the company that {w.person} works for?",
+            [w.hq_county, w.hq_county.removesuffix(" County")],
+        )
+    return f"In which county was the spouse of {w.person} born?", [
+        w.spouse_county,
+        w.spouse_county.removesuffix(" County"),
+    ]
 
 
 def generate(
@@ -133,9 +195,17 @@ def generate(
     for i in range(n):
         h = hops[i % len(hops)]
         variant = rng.randrange(2)
-        w = World(person=names.person(), spouse=names.person(), town=names.town(), county=names.county(),
-                  spouse_town=names.town(), spouse_county=names.county(), company=names.company(),
-                  hq_town=names.town(), hq_county=names.county())
+        w = World(
+            person=names.person(),
+            spouse=names.person(),
+            town=names.town(),
+            county=names.county(),
+            spouse_town=names.town(),
+            spouse_county=names.county(),
+            company=names.company(),
+            hq_town=names.town(),
+            hq_county=names.county(),
+        )
         question, answers = _question(h, variant, w)
         passages = [
             _person_passage(rng, w.person, w.town, w.company, w.spouse),
@@ -155,15 +225,26 @@ def generate(
         target = rng.randint(min_tokens, max_tokens)
         while sum(approx_tokens(p) for p in passages) < target:
             other, t, c, k = names.person(), names.town(), names.county(), names.company()
-            passages.append(rng.choice([
-                _person_passage(rng, other, t, k if rng.random() < 0.5 else None),
-                _town_passage(rng, t, c),
-                _company_passage(rng, k, t),
-            ]))
+            passages.append(
+                rng.choice(
+                    [
+                        _person_passage(rng, other, t, k if rng.random() < 0.5 else None),
+                        _town_passage(rng, t, c),
+                        _company_passage(rng, k, t),
+                    ]
+                )
+            )
         rng.shuffle(passages)
         context = "\n\n".join(f"Passage {j + 1}: {p}" for j, p in enumerate(passages))
-        records.append(QuestionRecord(
-            id=f"syn-{split}-{seed}-{i:05d}", context=context, question=question, answers=answers,
-            source="synthetic", task=f"synthetic-{h}hop", n_tokens=approx_tokens(context),
-        ))
+        records.append(
+            QuestionRecord(
+                id=f"syn-{split}-{seed}-{i:05d}",
+                context=context,
+                question=question,
+                answers=answers,
+                source="synthetic",
+                task=f"synthetic-{h}hop",
+                n_tokens=approx_tokens(context),
+            )
+        )
     return records

@@ -33,20 +33,41 @@ def tiny_setup(grad_accum: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     base = LlamaForCausalLM(config)
     base.config._attn_implementation = "eager"
-    cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, lr=1e-2, warmup_ratio=0.0, batch_size=1, grad_accum=grad_accum,
-                      loss="fused")
+    cfg = TrainConfig(
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        batch_size=1,
+        grad_accum=grad_accum,
+        loss="fused",
+    )
     g = torch.Generator().manual_seed(1)
     examples = []
     for i in range(4):
         prompt = torch.randint(3, 128, (9 + i,), generator=g).tolist()
         chosen = torch.randint(3, 128, (5 + i,), generator=g).tolist()
         rejected = torch.randint(3, 128, (7,), generator=g).tolist()
-        examples.append(PairExample(prompt + chosen, [IGNORE] * len(prompt) + chosen,
-                                    prompt + rejected, [IGNORE] * len(prompt) + rejected))
+        examples.append(
+            PairExample(
+                prompt + chosen,
+                [IGNORE] * len(prompt) + chosen,
+                prompt + rejected,
+                [IGNORE] * len(prompt) + rejected,
+            )
+        )
     torch.manual_seed(0)
     model = add_lora(copy.deepcopy(base), cfg, None)
     return model, examples, cfg
@@ -61,5 +82,7 @@ def train_and_save(rank: int, world: int, sp_size: int, out_path: str) -> None:
     model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size)
     summary = train_orpo(model, examples, cfg, pad_id=0, seed=3, par=par)
     if rank == 0:
-        torch.save({"lora": {n: p.detach().clone() for n, p in lora_parameters(model).items()}, "summary": summary},
-                   out_path)
+        torch.save(
+            {"lora": {n: p.detach().clone() for n, p in lora_parameters(model).items()}, "summary": summary},
+            out_path,
+        )

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 from sealong.loop.cli import cli as cli_group
 
-from ..conftest import cli
+from ..conftest import REPO, cli
 
 
 def test_every_command_has_help_with_an_example():
@@ -24,6 +24,23 @@ def test_commands_on_an_empty_workdir_fail_cleanly(tmp_path: Path, command: str)
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "adapter-r000"],
+        ["query", "SELECT 1"],
+        ["report"],
+        ["export", "champion", "--out", "x"],
+        ["export-pairs", "0", "--out", "x.jsonl"],
+        ["verify"],
+    ],
+)
+def test_operating_commands_on_an_empty_workdir_fail_cleanly(tmp_path: Path, args: list[str]):
+    proc = cli(*args, "--workdir", str(tmp_path / "nothing"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: no sealong database")
+
+
 def test_missing_config_file(tmp_path: Path):
     proc = cli("start", "--config", str(tmp_path / "nope.toml"), "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 2 and "nope.toml" in proc.stderr and "Traceback" not in proc.stderr
@@ -33,7 +50,22 @@ def test_bad_dataset_line_names_file_and_line(tmp_path: Path):
     data = tmp_path / "lb.jsonl"
     data.write_text('{"input": "q", "context": "c", "answers": ["a"]}\n{"input": "q", "context": \n')
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[policy]\nmodel = "tiny-random-llama"\n[data]\neval_source = "longbench"\neval_paths = ["{data}"]\n')
+    cfg.write_text(
+        f'[policy]\nmodel = "tiny-random-llama"\n[data]\neval_source = "longbench"\neval_paths = ["{data}"]\n'
+    )
     proc = cli("start", "--config", str(cfg), "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{data}:2: invalid JSON" in proc.stderr
+
+
+def test_doctor_exit_code_says_whether_a_config_can_run_here(monkeypatch):
+    ok = cli("doctor")
+    assert ok.returncode == 0 and "ready to run on this machine" in ok.stdout
+    monkeypatch.delenv("SEALONG_MODELS", raising=False)
+    paper = cli("doctor", "--config", str(REPO / "configs" / "llama31-8b-8xh100.toml"), "--json")
+    assert paper.returncode == 1 and "Traceback" not in paper.stderr
+    import json
+
+    report = json.loads(paper.stdout)
+    missing = {c["need"] for c in report["checks"] if not c["ok"]}
+    assert not report["ready"] and any(m.startswith("vllm") for m in missing)

@@ -46,8 +46,13 @@ def test_all_problems_reported_together_with_lines(tmp_path: Path):
 
 def test_unknown_section_and_missing_files(tmp_path: Path):
     with pytest.raises(ConfigError) as exc:
-        config_from_dict({"trian": {"lr": 1.0}, "policy": {"model": str(tmp_path / "nope")},
-                          "data": {"train_source": "musique"}})
+        config_from_dict(
+            {
+                "trian": {"lr": 1.0},
+                "policy": {"model": str(tmp_path / "nope")},
+                "data": {"train_source": "musique"},
+            }
+        )
     msg = str(exc.value)
     assert "[trian]: unknown section" in msg
     assert "[policy] model: model directory not found" in msg
@@ -57,8 +62,12 @@ def test_unknown_section_and_missing_files(tmp_path: Path):
 def test_impossible_values():
     problems = None
     try:
-        config_from_dict({"data": {"train_pool_size": 4, "questions_per_round": 9, "hops": [4]},
-                          "train": {"target_modules": ["lm_head"], "lora_dropout": 1.5}})
+        config_from_dict(
+            {
+                "data": {"train_pool_size": 4, "questions_per_round": 9, "hops": [4]},
+                "train": {"target_modules": ["lm_head"], "lora_dropout": 1.5},
+            }
+        )
     except ConfigError as e:
         problems = "\n".join(e.problems)
     assert problems is not None

@@ -27,9 +27,14 @@ def _assert_round_complete(wd: Path, n: int = 4, questions: int = 3) -> dict:
     assert rnd["status"] == "done"
     stages = rows(db, "SELECT name, status FROM stages WHERE round_id = ? ORDER BY seq", (rnd["id"],))
     assert [(s["name"], s["status"]) for s in stages] == [
-        (name, "done") for name in ("sample", "score", "pairs", "train", "eval", "promote")]
-    per_q = rows(db, "SELECT question_id, COUNT(*) AS k, COUNT(mbr_score) AS scored FROM samples WHERE round_id = ? "
-                     "GROUP BY question_id", (rnd["id"],))
+        (name, "done") for name in ("sample", "score", "pairs", "train", "eval", "promote")
+    ]
+    per_q = rows(
+        db,
+        "SELECT question_id, COUNT(*) AS k, COUNT(mbr_score) AS scored FROM samples WHERE round_id = ? "
+        "GROUP BY question_id",
+        (rnd["id"],),
+    )
     assert len(per_q) == questions and all(r["k"] == n and r["scored"] == n for r in per_q)
     adapters = rows(db, "SELECT * FROM adapters WHERE round_id = ?", (rnd["id"],))
     assert len(adapters) == 1
@@ -62,7 +67,9 @@ def test_whole_round_through_cli(tmp_path: Path):
     status = json.loads(cli("status", "--workdir", str(wd), "--json", check=True).stdout)
     assert status["run"]["status"] == "finished" and len(status["rounds"]) == 1
     lin = json.loads(cli("lineage", "--workdir", str(wd), "--json", check=True).stdout)
-    assert [a["id"] for a in lin["adapters"]] == [out["adapter"]["id"]] and lin["base"]["mean_subem"] is not None
+    assert [a["id"] for a in lin["adapters"]] == [out["adapter"]["id"]] and lin["base"][
+        "mean_subem"
+    ] is not None
     # Starting again with more rounds resumes the same run: round 1 samples from the champion.
     cli("start", "--workdir", str(wd), "--max-rounds", "2", check=True)
     r1 = one(_db(wd), "SELECT * FROM rounds WHERE idx = 1")
@@ -71,11 +78,30 @@ def test_whole_round_through_cli(tmp_path: Path):
     expected_policy = out["adapter"]["id"] if out["round"]["promoted"] else None
     assert r1["policy_adapter_id"] == expected_policy
     assert champ is None or champ["id"] in (out["adapter"]["id"], "adapter-r001")
+    ok = cli("verify", "--workdir", str(wd), "--finished")
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stdout + ok.stderr
+    weights = next((wd / out["adapter"]["path"]).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # flip the tail: the sha256 no longer matches
+    bad = cli("verify", "--workdir", str(wd))
+    assert bad.returncode == 1 and out["adapter"]["id"] in bad.stdout and "Traceback" not in bad.stderr
 
 
 def _start_background(cfg: Path, wd: Path, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", "start", "--config", str(cfg), "--workdir", str(wd), "--plain"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "sealong.loop.cli",
+        "start",
+        "--config",
+        str(cfg),
+        "--workdir",
+        str(wd),
+        "--plain",
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def _wait_for(pred, timeout: float = 300, what: str = "condition"):
@@ -92,8 +118,11 @@ def _train_running(wd: Path):
     if not (wd / "sealong.db").exists():
         return None
     try:
-        return one(_db(wd), "SELECT s.pid FROM stages s WHERE s.name = 'train' AND s.status = 'running' "
-                            "AND EXISTS (SELECT 1 FROM train_steps)")
+        return one(
+            _db(wd),
+            "SELECT s.pid FROM stages s WHERE s.name = 'train' AND s.status = 'running' "
+            "AND EXISTS (SELECT 1 FROM train_steps)",
+        )
     except Exception:  # noqa: BLE001 - the database may be mid-creation
         return None
 
@@ -106,13 +135,21 @@ def test_kill_during_training_then_resume(tmp_path: Path):
         row = _wait_for(lambda: _train_running(wd), what="training to start")
         # A second controller on the same workdir is refused while the first runs.
         second = cli("start", "--workdir", str(wd))
-        assert second.returncode == 2 and "already running" in second.stderr and "Traceback" not in second.stderr
+        assert (
+            second.returncode == 2 and "already running" in second.stderr and "Traceback" not in second.stderr
+        )
         samples_before = rows(_db(wd), "SELECT * FROM samples ORDER BY id")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         # The stage child dies with its controller (PR_SET_PDEATHSIG): nothing keeps training.
-        _wait_for(lambda: not Path(f"/proc/{row['pid']}").exists() or
-                  Path(f"/proc/{row['pid']}/stat").read_text().split()[2] == "Z", 30, "the train child to die")
+        _wait_for(
+            lambda: (
+                not Path(f"/proc/{row['pid']}").exists()
+                or Path(f"/proc/{row['pid']}/stat").read_text().split()[2] == "Z"
+            ),
+            30,
+            "the train child to die",
+        )
     finally:
         if first.poll() is None:
             first.kill()

@@ -10,14 +10,29 @@ def _by_metric(rows):
 def test_diagnostics_on_known_samples():
     qs = [
         # greedy wrong; sample 0 right; MBR (embedding) picks idx 2 (right); random utility picks idx 1 (wrong)
-        QuestionSamples(["Ford"], ["Ford it is", "no idea", "born in Ford", "Kent"],
-                        {"embedding": [0.1, 0.2, 0.9, 0.3], "random": [0.0, 1.0, 0.5, 0.2]}, greedy="Kent", pair=(2, 1)),
+        QuestionSamples(
+            ["Ford"],
+            ["Ford it is", "no idea", "born in Ford", "Kent"],
+            {"embedding": [0.1, 0.2, 0.9, 0.3], "random": [0.0, 1.0, 0.5, 0.2]},
+            greedy="Kent",
+            pair=(2, 1),
+        ),
         # nobody right
-        QuestionSamples(["Mere"], ["x", "y", "z", "w"], {"embedding": [0.4, 0.3, 0.2, 0.1], "random": [1, 0, 0, 0]},
-                        greedy="y", pair=(0, 3)),
+        QuestionSamples(
+            ["Mere"],
+            ["x", "y", "z", "w"],
+            {"embedding": [0.4, 0.3, 0.2, 0.1], "random": [1, 0, 0, 0]},
+            greedy="y",
+            pair=(0, 3),
+        ),
         # greedy right, all samples right
-        QuestionSamples(["Holt"], ["Holt", "holt.", "in Holt", "Holt!"], {"embedding": [1, 1, 1, 1], "random": [0, 0, 0, 1]},
-                        greedy="Holt", pair=None),
+        QuestionSamples(
+            ["Holt"],
+            ["Holt", "holt.", "in Holt", "Holt!"],
+            {"embedding": [1, 1, 1, 1], "random": [0, 0, 0, 1]},
+            greedy="Holt",
+            pair=None,
+        ),
         QuestionSamples([], ["unlabelled"], {}, greedy=None),  # no gold answers: left out
     ]
     m = _by_metric(diagnostics.compute(qs))

@@ -18,18 +18,32 @@ def test_embedded_default_is_ready_here():
 def test_paper_config_says_precisely_what_is_missing(monkeypatch):
     monkeypatch.delenv("SEALONG_MODELS", raising=False)
     cfg = load_config(REPO / "configs" / "llama31-8b-8xh100.toml", check_paths=False)
-    cpu_only = doctor.Probe(python="3.11", torch="2.13.0+cpu", cuda=False,
-                            packages={m: None for m in doctor.PACKAGES} | {"transformers": "5", "peft": "0.21", "bitsandbytes": "0.50"})
+    cpu_only = doctor.Probe(
+        python="3.11",
+        torch="2.13.0+cpu",
+        cuda=False,
+        packages={m: None for m in doctor.PACKAGES}
+        | {"transformers": "5", "peft": "0.21", "bitsandbytes": "0.50"},
+    )
     lines, ready = doctor.report(cfg, cpu_only)
     text = "\n".join(lines)
     assert not ready
-    for needle in ("[MISSING] vllm", "[MISSING] 8 CUDA GPU(s) for vLLM", "[MISSING] ring-flash-attn",
-                   "Meta-Llama-3.1-8B-Instruct (environment variable SEALONG_MODELS is not set)",
-                   "[ok] bitsandbytes", "[MISSING] a CUDA GPU for bf16"):
+    for needle in (
+        "[MISSING] vllm",
+        "[MISSING] 8 CUDA GPU(s) for vLLM",
+        "[MISSING] ring-flash-attn",
+        "Meta-Llama-3.1-8B-Instruct (environment variable SEALONG_MODELS is not set)",
+        "[ok] bitsandbytes",
+        "[MISSING] a CUDA GPU for bf16",
+    ):
         assert needle in text, needle
-    gpu_box = doctor.Probe(python="3.11", torch="2.11", cuda=True,
-                           gpus=[{"name": "H100", "memory_gb": 79.6, "capability": "9.0"}] * 8,
-                           packages={m: "x" for m in doctor.PACKAGES})
+    gpu_box = doctor.Probe(
+        python="3.11",
+        torch="2.11",
+        cuda=True,
+        gpus=[{"name": "H100", "memory_gb": 79.6, "capability": "9.0"}] * 8,
+        packages={m: "x" for m in doctor.PACKAGES},
+    )
     text = "\n".join(doctor.report(cfg, gpu_box)[0])
     assert "[ok] vllm" in text and "[ok] 8 GPU(s) per node" in text and "[ok] ring-flash-attn" in text
     assert "[MISSING] [policy] model" in text  # the paths still are not on this machine

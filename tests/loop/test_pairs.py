@@ -25,6 +25,11 @@ def test_odd_n_lower_half_is_floor():
 
 def test_degenerate_questions():
     assert choose_pair(_samples([("", 0.0), ("  ", 0.0)]), random.Random(0)) == "all samples empty"
-    assert choose_pair(_samples([("x", 1.0), ("x", 1.0), ("x", 1.0)]), random.Random(0)) == "all samples identical"
-    assert choose_pair(_samples([("x", 0.9), ("y", 0.8), ("x", 0.1)]), random.Random(0)) == \
-        "lower half only repeats the chosen answer"
+    assert (
+        choose_pair(_samples([("x", 1.0), ("x", 1.0), ("x", 1.0)]), random.Random(0))
+        == "all samples identical"
+    )
+    assert (
+        choose_pair(_samples([("x", 0.9), ("y", 0.8), ("x", 0.1)]), random.Random(0))
+        == "lower half only repeats the chosen answer"
+    )

@@ -38,9 +38,16 @@ def test_parallel_training_matches_one_process(tmp_path: Path, world: int, sp: i
 
 
 def test_train_stage_under_torchrun(tmp_path: Path):
-    cfg = write_config(tmp_path / "c.toml", distributed={"nproc_per_node": 2, "sequence_parallel_size": 2,
-                                                         "backend": "gloo", "checkpoint_every": 1},
-                       train={"loss": "fused"})
+    cfg = write_config(
+        tmp_path / "c.toml",
+        distributed={
+            "nproc_per_node": 2,
+            "sequence_parallel_size": 2,
+            "backend": "gloo",
+            "checkpoint_every": 1,
+        },
+        train={"loss": "fused"},
+    )
     wd = tmp_path / "run"
     proc = cli("start", "--config", str(cfg), "--workdir", str(wd), check=True)
     assert "finished: 1 round(s) done" in proc.stdout
@@ -48,6 +55,8 @@ def test_train_stage_under_torchrun(tmp_path: Path):
 
     from sealong.store.db import connect, one
 
-    out = json.loads(one(connect(wd, readonly=True), "SELECT output_json FROM stages WHERE name = 'train'")["output_json"])
+    out = json.loads(
+        one(connect(wd, readonly=True), "SELECT output_json FROM stages WHERE name = 'train'")["output_json"]
+    )
     assert out["world"] == 2 and out["sequence_parallel"] == 2 and out["steps"] >= 1
     assert not (wd / "checkpoints" / "round000").exists()  # spent checkpoints are removed once recorded

@@ -32,8 +32,13 @@ def test_shared_prefill_equals_full_prefill(tiny_model):
 
 def test_greedy_batch_matches_one_by_one(tiny_model):
     model, tok = tiny_model
-    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("short one", "a somewhat longer prompt here ok")]
+    prompts = [
+        tok(t, add_special_tokens=False)["input_ids"]
+        for t in ("short one", "a somewhat longer prompt here ok")
+    ]
     batched = greedy_batch(model, tok, prompts, 8)
     single = [greedy_batch(model, tok, [p], 8)[0] for p in prompts]
     assert [c.text for c in batched] == [c.text for c in single]
-    torch.testing.assert_close(torch.tensor([c.n_tokens for c in batched]), torch.tensor([c.n_tokens for c in single]))
+    torch.testing.assert_close(
+        torch.tensor([c.n_tokens for c in batched]), torch.tensor([c.n_tokens for c in single])
+    )

@@ -16,11 +16,18 @@ from ..conftest import cli, write_config
 @pytest.mark.slow
 def test_one_round_with_bundled_smollm2(tmp_path: Path):
     cfg = write_config(
-        tmp_path / "small.toml", base=DEFAULT_CONFIG,
+        tmp_path / "small.toml",
+        base=DEFAULT_CONFIG,
         run={"name": "smollm2-small", "max_rounds": 1},
         policy={"max_prompt_tokens": 512},
-        data={"train_pool_size": 2, "questions_per_round": 2, "eval_questions_per_task": 1, "hops": [1, 2],
-              "context_tokens_min": 150, "context_tokens_max": 200},
+        data={
+            "train_pool_size": 2,
+            "questions_per_round": 2,
+            "eval_questions_per_task": 1,
+            "hops": [1, 2],
+            "context_tokens_min": 150,
+            "context_tokens_max": 200,
+        },
         sample={"n": 3, "max_new_tokens": 24},
         train={"max_length": 600},
         eval={"max_new_tokens": 24},
@@ -31,7 +38,9 @@ def test_one_round_with_bundled_smollm2(tmp_path: Path):
     db = connect(wd, readonly=True)
     assert {s["status"] for s in rows(db, "SELECT status FROM stages")} == {"done"}
     samples = rows(db, "SELECT question_id, text, mbr_score FROM samples")
-    assert len(samples) == 6 and all(s["mbr_score"] is not None and -1.0 <= s["mbr_score"] <= 1.0 + 1e-6 for s in samples)
+    assert len(samples) == 6 and all(
+        s["mbr_score"] is not None and -1.0 <= s["mbr_score"] <= 1.0 + 1e-6 for s in samples
+    )
     assert any(s["text"] for s in samples)  # the real model writes text
     adapter = one(db, "SELECT * FROM adapters")
     assert sha256_dir(wd / adapter["path"]) == adapter["sha256"]

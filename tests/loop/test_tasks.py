@@ -43,8 +43,16 @@ def _write(path: Path, lines: list) -> Path:
 
 
 def test_longbench_loader(tmp_path: Path):
-    rec = {"input": "Who?", "context": "Ann met Bob.", "answers": ["Bob"], "length": 3, "dataset": "hotpotqa",
-           "language": "en", "all_classes": None, "_id": "x1"}
+    rec = {
+        "input": "Who?",
+        "context": "Ann met Bob.",
+        "answers": ["Bob"],
+        "length": 3,
+        "dataset": "hotpotqa",
+        "language": "en",
+        "all_classes": None,
+        "_id": "x1",
+    }
     recs = load_longbench(_write(tmp_path / "hotpotqa.jsonl", [rec, {**rec, "_id": "x2"}]))
     assert [r.task for r in recs] == ["hotpotqa", "hotpotqa"] and recs[0].answers == ["Bob"]
 
@@ -80,11 +88,24 @@ def test_non_utf8_and_duplicate_ids(tmp_path: Path):
 
 def _musique_item(i: int) -> dict:
     return {
-        "id": f"m{i}", "question": f"Question {i}?", "answer": f"Answer{i}", "answer_aliases": [f"A{i}"],
+        "id": f"m{i}",
+        "question": f"Question {i}?",
+        "answer": f"Answer{i}",
+        "answer_aliases": [f"A{i}"],
         "answerable": True,
         "paragraphs": [
-            {"idx": 0, "title": f"Support {i}", "paragraph_text": f"Answer{i} is the answer to question {i}. " * 3, "is_supporting": True},
-            {"idx": 1, "title": f"Other {i}", "paragraph_text": f"Filler text number {i}. " * 20, "is_supporting": False},
+            {
+                "idx": 0,
+                "title": f"Support {i}",
+                "paragraph_text": f"Answer{i} is the answer to question {i}. " * 3,
+                "is_supporting": True,
+            },
+            {
+                "idx": 1,
+                "title": f"Other {i}",
+                "paragraph_text": f"Filler text number {i}. " * 20,
+                "is_supporting": False,
+            },
         ],
     }
 

@@ -17,7 +17,9 @@ from sealong.loop.training import (
 def _examples(tok, n=3):
     out = []
     for i in range(n):
-        prompt = tok(f"Context {i}: Ann was born in Ford{i}. Where was Ann born?", add_special_tokens=False)["input_ids"]
+        prompt = tok(f"Context {i}: Ann was born in Ford{i}. Where was Ann born?", add_special_tokens=False)[
+            "input_ids"
+        ]
         c = encode_response(tok, prompt, f"Ann was born in Ford{i}.", 256)
         r = encode_response(tok, prompt, "I do not know the answer to that.", 256)
         out.append(PairExample(*c, *r))
@@ -30,10 +32,12 @@ def test_encode_masks_the_prompt(tiny_model):
     ids, labels = encode_response(tok, prompt, "the answer", 64)
     assert ids[: len(prompt)] == prompt
     assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
-    assert labels[len(prompt):] == ids[len(prompt):]
+    assert labels[len(prompt) :] == ids[len(prompt) :]
     assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     ids, labels = encode_response(tok, prompt * 50, "the answer", 64)
-    assert len(ids) == 64 and labels[-1] != IGNORE_INDEX  # overlong: the prompt loses tokens, the response does not
+    assert (
+        len(ids) == 64 and labels[-1] != IGNORE_INDEX
+    )  # overlong: the prompt loses tokens, the response does not
 
 
 def test_few_steps_change_every_lora_param_and_no_base_weight(tiny_model):
@@ -44,7 +48,9 @@ def test_few_steps_change_every_lora_param_and_no_base_weight(tiny_model):
     # LoRA B starts at zero, so A gets no gradient on step 1; a few steps move both.
     before_lora = {n: p.detach().clone() for n, p in lora_parameters(peft_model).items()}
     before_base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" not in n}
-    assert before_lora and all(not p.requires_grad for n, p in peft_model.named_parameters() if "lora_" not in n)
+    assert before_lora and all(
+        not p.requires_grad for n, p in peft_model.named_parameters() if "lora_" not in n
+    )
     assert not any("lm_head" in n for n in before_lora)
     summary = train_orpo(peft_model, _examples(tok, 3), cfg, tok.pad_token_id, seed=0)
     assert summary["steps"] == 3
@@ -75,8 +81,14 @@ def test_step_loss_is_response_only_orpo(tiny_model):
     with torch.no_grad():
         h = decoder(input_ids=torch.tensor([ex[0].chosen_ids])).last_hidden_state[:, :-1]
         hr = decoder(input_ids=torch.tensor([ex[0].rejected_ids])).last_hidden_state[:, :-1]
-        ref = orpo_loss_reference(h, hr, head.weight, torch.tensor([ex[0].chosen_labels[1:]]),
-                                  torch.tensor([ex[0].rejected_labels[1:]]), beta=0.1)
+        ref = orpo_loss_reference(
+            h,
+            hr,
+            head.weight,
+            torch.tensor([ex[0].chosen_labels[1:]]),
+            torch.tensor([ex[0].rejected_labels[1:]]),
+            beta=0.1,
+        )
     torch.testing.assert_close(out.loss.detach(), ref.loss, rtol=1e-5, atol=1e-6)
     fused, _ = orpo_step_loss(peft_model, ex, 0.1, "fused", tok.pad_token_id)
     torch.testing.assert_close(fused.loss.detach(), out.loss.detach(), rtol=1e-5, atol=1e-6)
@@ -110,11 +122,21 @@ def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted(tiny_model, tmp_
     train_orpo(straight, examples, cfg, tok.pad_token_id, seed=1)
     interrupted = fresh()
     ckpt = tmp_path / "ckpt"
-    first = train_orpo(interrupted, examples, cfg, tok.pad_token_id, seed=1, checkpoint_dir=ckpt, checkpoint_every=2,
-                       stop_after=3)  # "killed" after step 3: the last checkpoint is step 2
+    first = train_orpo(
+        interrupted,
+        examples,
+        cfg,
+        tok.pad_token_id,
+        seed=1,
+        checkpoint_dir=ckpt,
+        checkpoint_every=2,
+        stop_after=3,
+    )  # "killed" after step 3: the last checkpoint is step 2
     assert first["steps"] == 3 and [p.name for p in sorted(ckpt.iterdir())] == ["step-000002"]
     resumed = fresh()
-    summary = train_orpo(resumed, examples, cfg, tok.pad_token_id, seed=1, checkpoint_dir=ckpt, checkpoint_every=2)
+    summary = train_orpo(
+        resumed, examples, cfg, tok.pad_token_id, seed=1, checkpoint_dir=ckpt, checkpoint_every=2
+    )
     assert summary["resumed_from_step"] == 2 and summary["steps"] == 6
     want, got = lora_parameters(straight), lora_parameters(resumed)
     for name in want:

@@ -18,8 +18,13 @@ def test_every_adapter_version_gets_its_own_name_and_id():
 
 
 def test_engine_kwargs_follow_the_config():
-    cfg = config_from_dict({"vllm": {"tensor_parallel_size": 2, "max_model_len": 32768, "max_lora_rank": 128},
-                            "train": {"lora_r": 128, "lora_alpha": 128}}, check_paths=False)
+    cfg = config_from_dict(
+        {
+            "vllm": {"tensor_parallel_size": 2, "max_model_len": 32768, "max_lora_rank": 128},
+            "train": {"lora_r": 128, "lora_alpha": 128},
+        },
+        check_paths=False,
+    )
     kw = engine_kwargs(cfg, Path("/models/llama"), seed=3)
     assert kw["enable_lora"] and kw["enable_prefix_caching"] and kw["dtype"] == "bfloat16"
     assert kw["tensor_parallel_size"] == 2 and kw["max_lora_rank"] == 128 and kw["max_model_len"] == 32768
@@ -36,7 +41,9 @@ def test_sampling_kwargs_one_request_with_n():
 
 
 def test_prompt_budget_leaves_room_for_the_answer():
-    cfg = config_from_dict({"vllm": {"max_model_len": 4096}, "policy": {"max_prompt_tokens": 100000}}, check_paths=False)
+    cfg = config_from_dict(
+        {"vllm": {"max_model_len": 4096}, "policy": {"max_prompt_tokens": 100000}}, check_paths=False
+    )
     assert prompt_token_budget(cfg, 512) == 4096 - 512
     cfg = config_from_dict({"vllm": {"max_model_len": 600}}, check_paths=False)
     with pytest.raises(SealongError, match="max_model_len"):

@@ -13,7 +13,9 @@ def test_migrations_are_named_recorded_and_idempotent(tmp_path: Path):
     names = [r["name"] for r in rows(db, "SELECT name FROM _migrations")]
     assert names == [m[0] for m in MIGRATIONS]
     assert migrate(db) == []
-    assert {"runs", "rounds", "stages", "adapters", "samples", "pairs", "evals", "events"} <= set(db.table_names())
+    assert {"runs", "rounds", "stages", "adapters", "samples", "pairs", "evals", "events"} <= set(
+        db.table_names()
+    )
 
 
 def test_readonly_connection_refuses_writes(tmp_path: Path):
@@ -54,26 +56,45 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path: Path):
 
 def _seed_lineage(db):
     now = time.time()
-    db.execute("INSERT INTO runs (id, name, config_json, created_at, max_rounds) VALUES (1, 't', '{}', ?, 3)", (now,))
+    db.execute(
+        "INSERT INTO runs (id, name, config_json, created_at, max_rounds) VALUES (1, 't', '{}', ?, 3)", (now,)
+    )
     for i in range(3):
         db.execute("INSERT INTO rounds (id, run_id, idx, started_at) VALUES (?, 1, ?, ?)", (i + 1, i, now))
     for qid in ("q1", "q2", "e1"):
-        db.execute("INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, pool_index) "
-                   "VALUES (?, ?, 't', 's', 'Q', 'C', '[]', 1, 0)", (qid, "eval" if qid == "e1" else "train"))
+        db.execute(
+            "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, pool_index) "
+            "VALUES (?, ?, 't', 's', 'Q', 'C', '[]', 1, 0)",
+            (qid, "eval" if qid == "e1" else "train"),
+        )
     parents = {"a0": None, "a1": "a0", "a2": "a1"}
     for i, (aid, parent) in enumerate(parents.items()):
-        db.execute("INSERT INTO adapters (id, run_id, round_id, parent_id, path, sha256, status, created_at) "
-                   "VALUES (?, 1, ?, ?, 'p', 'h', 'candidate', ?)", (aid, i + 1, parent, now + i))
+        db.execute(
+            "INSERT INTO adapters (id, run_id, round_id, parent_id, path, sha256, status, created_at) "
+            "VALUES (?, 1, ?, ?, 'p', 'h', 'candidate', ?)",
+            (aid, i + 1, parent, now + i),
+        )
         for qid in ("q1", "q2"):
-            c = db.execute("INSERT INTO samples (round_id, question_id, sample_idx, text, n_tokens, prompt_tokens, seed, mbr_score) "
-                           "VALUES (?, ?, 0, 'good', 1, 1, 0, 0.9)", (i + 1, qid)).lastrowid
-            r = db.execute("INSERT INTO samples (round_id, question_id, sample_idx, text, n_tokens, prompt_tokens, seed, mbr_score) "
-                           "VALUES (?, ?, 1, 'bad', 1, 1, 0, 0.1)", (i + 1, qid)).lastrowid
+            c = db.execute(
+                "INSERT INTO samples (round_id, question_id, sample_idx, text, n_tokens, prompt_tokens, seed, mbr_score) "
+                "VALUES (?, ?, 0, 'good', 1, 1, 0, 0.9)",
+                (i + 1, qid),
+            ).lastrowid
+            r = db.execute(
+                "INSERT INTO samples (round_id, question_id, sample_idx, text, n_tokens, prompt_tokens, seed, mbr_score) "
+                "VALUES (?, ?, 1, 'bad', 1, 1, 0, 0.1)",
+                (i + 1, qid),
+            ).lastrowid
             if not (i == 2 and qid == "q2"):
-                db.execute("INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id) VALUES (?, ?, ?, ?)",
-                           (i + 1, qid, c, r))
-        db.execute("INSERT INTO evals (model_key, round_id, question_id, task, output, n_tokens, subem) "
-                   "VALUES (?, ?, 'e1', 't', 'o', 5, ?)", (aid, i + 1, float(i % 2)))
+                db.execute(
+                    "INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id) VALUES (?, ?, ?, ?)",
+                    (i + 1, qid, c, r),
+                )
+        db.execute(
+            "INSERT INTO evals (model_key, round_id, question_id, task, output, n_tokens, subem) "
+            "VALUES (?, ?, 'e1', 't', 'o', 5, ?)",
+            (aid, i + 1, float(i % 2)),
+        )
 
 
 def test_lineage_queries(tmp_path: Path):
