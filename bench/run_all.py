@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 
-SCRIPTS = ("bench_mbr.py", "bench_orpo.py", "bench_ring_attention.py")
+SCRIPTS = ("bench_mbr.py", "bench_orpo.py", "bench_ring_attention.py", "bench_sampling.py")
 
 
 def rows_after(n_before: int) -> list[dict]:

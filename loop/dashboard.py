@@ -312,6 +312,66 @@ def render_rounds(s: MonitorState, limit: int | None = None) -> Table:
     return t
 
 
+SIGNAL_COLUMNS = (
+    ("greedy", "greedy"),
+    ("random", "random_sample"),
+    ("mean", "mean_sample"),
+    ("oracle@N", "oracle"),
+)
+
+
+def render_signal(s: MonitorState, limit: int | None = None) -> Table | None:
+    """Per round: does the self-supervision carry signal (SubEM of the samples, judged with gold answers
+    that training never reads), and the promotion gate's gain, confidence interval and p-value."""
+    if not s.diagnostics and not any(r["decision_json"] for r in s.rounds):
+        return None
+    shown = s.rounds[-limit:] if limit else s.rounds
+    utilities = sorted(
+        {k.split("/", 1)[1] for d in s.diagnostics.values() for k in d if k.startswith("mbr/")}
+    )
+    t = _table(
+        "signal and gate",
+        caption="SubEM % on the round's training questions (gold answers judge only; training never reads them); "
+        "gate: gain in mean SubEM over eval tasks [CI], p",
+        caption_justify="left",
+    )
+    cols = [
+        "#",
+        *(c for c, _ in SIGNAL_COLUMNS),
+        *(f"MBR {u}" for u in utilities),
+        "chosen",
+        "rejected",
+        "gate",
+    ]
+    for col in cols:
+        t.add_column(
+            col, justify="left" if col == "gate" else "right", no_wrap=col != "gate", overflow="fold"
+        )
+    for r in shown:
+        d = s.diagnostics.get(r["idx"], {})
+        decision = json.loads(r["decision_json"]) if r["decision_json"] else {}
+        gate = ""
+        if decision:
+            lo, hi, p = decision.get("ci_low"), decision.get("ci_high"), decision.get("p_value")
+            gate = f"{decision.get('gain', 0):+.1f}"
+            if lo is not None and hi is not None:
+                gate += f" [{lo:+.1f}, {hi:+.1f}]"
+            if p is not None:
+                gate += f" p={p:.2f}"
+            gate += f" {decision.get('rule', '')}"
+            if decision.get("length_flag"):
+                gate += " LENGTH"
+        t.add_row(
+            str(r["idx"]),
+            *[_pct(d.get(key)) for _, key in SIGNAL_COLUMNS],
+            *[_pct(d.get(f"mbr/{u}")) for u in utilities],
+            _pct(d.get("chosen")),
+            _pct(d.get("rejected")),
+            gate,
+        )
+    return t
+
+
 def render_events(s: MonitorState, limit: int | None = None) -> Group:
     """The last events, newest first, then the errors the stages recorded."""
     t = Table(title="recent events", title_justify="left", show_header=False, box=None)
@@ -344,9 +404,13 @@ def render(s: MonitorState, height: int | None = None) -> Group:
     n_rounds = n_events = None
     if height:
         budget = max(6, height - 26 - (4 if s.errors else 0))
-        n_rounds = max(3, budget * 2 // 3)
+        n_rounds = max(3, budget // 3 if s.diagnostics else budget * 2 // 3)
         n_events = max(2, budget - min(n_rounds, len(s.rounds)))
     if s.metrics:
         parts.append(render_models(s))
-    parts += [render_rounds(s, n_rounds), render_events(s, n_events)]
+    parts.append(render_rounds(s, n_rounds))
+    signal = render_signal(s, n_rounds)
+    if signal is not None:
+        parts.append(signal)
+    parts.append(render_events(s, n_events))
     return Group(*parts)

@@ -42,6 +42,8 @@ class MonitorState:
     rss_mb: float | None = None  # the running stage's process and its children
     controller_rss_mb: float | None = None
     gpu: list[dict[str, Any]] = field(default_factory=list)  # per GPU: index, used_mb, total_mb, stage_mb
+    # round idx -> {"greedy": %, "oracle": %, "mbr/embedding": %, ...}: SubEM of the round's samples
+    diagnostics: dict[int, dict[str, float]] = field(default_factory=dict)
     now: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -239,6 +241,15 @@ def _read_store(db: sqlite_utils.Database, s: MonitorState, n_events: int) -> No
     champ = one(db, "SELECT id FROM adapters WHERE run_id = ? AND status = 'champion'", (s.run["id"],))
     s.champion = champ["id"] if champ else "base"
     s.events = rows(db, "SELECT ts, stage, level, message FROM events ORDER BY id DESC LIMIT ?", (n_events,))
+    if one(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'"):
+        for d in rows(
+            db,
+            "SELECT r.idx, d.utility, d.metric, d.value FROM diagnostics d JOIN rounds r ON r.id = d.round_id "
+            "WHERE r.run_id = ? ORDER BY r.idx",
+            (s.run["id"],),
+        ):
+            key = d["metric"] if d["utility"] == "-" else f"{d['metric']}/{d['utility']}"
+            s.diagnostics.setdefault(d["idx"], {})[key] = d["value"]
     cur = s.current
     if cur and cur["name"] == "train":
         steps = rows(

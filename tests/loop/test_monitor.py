@@ -26,7 +26,7 @@ from rich.console import Console
 from sealong.loop import monitor
 from sealong.loop.dashboard import fmt_secs, memory, render, sparkline, task_labels
 from sealong.loop.monitor import MonitorState, load_state, phase
-from sealong.store.db import connect, one
+from sealong.store.db import connect, one, rows
 
 from ..conftest import cli, write_config
 
@@ -351,3 +351,24 @@ def test_watch_off_a_terminal_prints_plain_event_lines(run_dir: Path):
     assert "run created" in out and "finished: 2 round(s) done" in out and "╭" not in out
     n_events = one(connect(run_dir, readonly=True), "SELECT COUNT(*) AS n FROM events")["n"]
     assert len([line for line in out.splitlines() if line.startswith("[")]) == n_events
+
+
+def test_signal_table_shows_each_rounds_diagnostics_and_gate(finished: MonitorState, run_dir: Path):
+    db = connect(run_dir, readonly=True)
+    stored = rows(
+        db,
+        "SELECT r.idx, d.utility, d.metric, d.value FROM diagnostics d JOIN rounds r ON r.id = d.round_id",
+    )
+    assert {d["idx"] for d in stored} == {0, 1}
+    for d in stored:
+        key = d["metric"] if d["utility"] == "-" else f"{d['metric']}/{d['utility']}"
+        assert finished.diagnostics[d["idx"]][key] == d["value"]
+    out = text(render(finished), width=200)
+    assert "signal and gate" in out and "oracle@N" in out and "MBR embedding" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("1 ") and "margin" in line)
+    oracle = finished.diagnostics[1]["oracle"]
+    assert f"{oracle:.1f}" in row.split()
+    decision = json.loads(finished.rounds[1]["decision_json"])
+    assert f"{decision['gain']:+.1f}" in row
+    state = json.loads(cli("status", "--workdir", str(run_dir), "--json", check=True).stdout)
+    assert state["diagnostics"]["1"]["oracle"] == oracle
