@@ -25,6 +25,8 @@ class Parallel:
     dp_size: int = 1
     dp_rank: int = 0
     dp_group: dist.ProcessGroup | None = None
+    # Sequence parallelism through ring-flash-attn (CUDA + flash_attn) instead of the torch ring attention.
+    ring_flash: bool = False
 
     @property
     def is_main(self) -> bool:

@@ -87,7 +87,134 @@ def collect(db: sqlite_utils.Database) -> dict[str, Any]:
             }
         )
     champ = one(db, "SELECT id FROM adapters WHERE status = 'champion'")
-    return {"run": run, "metrics": metrics, "rounds": rounds, "champion": champ["id"] if champ else "base"}
+    evals = rows(
+        db,
+        "SELECT model_key, task, COUNT(*) AS n, SUM(subem) AS hits, AVG(n_tokens) AS mean_tokens FROM evals "
+        "GROUP BY model_key, task ORDER BY model_key, task",
+    )
+    return {
+        "run": run,
+        "metrics": metrics,
+        "rounds": rounds,
+        "champion": champ["id"] if champ else "base",
+        "evals": evals,
+    }
+
+
+def wilson(hits: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion, in percent."""
+    if n == 0:
+        return (0.0, 100.0)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return (100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half))
+
+
+SIGNAL = [
+    ("greedy", "greedy"),
+    ("random sample", "random_sample"),
+    ("mean sample", "mean_sample"),
+    ("oracle@N", "oracle"),
+]
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "" if v is None else format(v, spec)
+
+
+def tables(data: dict[str, Any]) -> list[str]:
+    """The numbers behind the plots as Markdown tables: signal, gate, held-out eval with CIs, stage times."""
+    out: list[str] = []
+    diag = [r for r in data["rounds"] if r["diagnostics"]]
+    if diag:
+        utilities = sorted(
+            {k.split("/", 1)[1] for r in diag for k in r["diagnostics"] if k.startswith("mbr/")}
+        )
+        head = ["round", *(c for c, _ in SIGNAL), *(f"MBR {u}" for u in utilities), "chosen", "rejected"]
+        out += [
+            "## Self-supervision signal (SubEM % of the round's samples on its training questions)",
+            "",
+            "Gold answers only judge here; training never reads them. MBR u = the sample that utility u ranks first.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---:|" * len(head),
+        ]
+        for r in diag:
+            d = r["diagnostics"]
+            cells = [str(r["idx"]), *(_fmt(d.get(k)) for _, k in SIGNAL)]
+            cells += [_fmt(d.get(f"mbr/{u}")) for u in utilities] + [
+                _fmt(d.get("chosen")),
+                _fmt(d.get("rejected")),
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    decided = [r for r in data["rounds"] if r["decision"]]
+    if decided:
+        out += [
+            "## Promotion gate (gain in mean-over-tasks SubEM, candidate vs champion, same eval questions)",
+            "",
+            "| round | candidate | champion | rule | gain | CI | p | n | length ratio | promoted | reason |",
+            "|---:|---|---|---|---:|---|---:|---:|---:|---|---|",
+        ]
+        for r in decided:
+            d = r["decision"]
+            ci = (
+                f"[{d['ci_low']:+.1f}, {d['ci_high']:+.1f}] @ {d['confidence']:.0%}"
+                if d.get("ci_low") is not None
+                else ""
+            )
+            ratio = _fmt(d.get("length_ratio"), ".2f") + (" FLAG" if d.get("length_flag") else "")
+            out.append(
+                f"| {r['idx']} | {d.get('candidate', '')} | {d.get('champion', '')} | {d.get('rule', '')} | "
+                f"{d['gain']:+.1f} | {ci} | {_fmt(d.get('p_value'), '.3f')} | {d.get('n_questions', '')} | "
+                f"{ratio} | {'yes' if d['promoted'] else 'no'} | {d.get('reason', '')} |"
+            )
+        out.append("")
+    if data.get("evals"):
+        tasks = sorted({e["task"] for e in data["evals"]})
+        by_model: dict[str, dict[str, dict]] = {}
+        for e in data["evals"]:
+            by_model.setdefault(e["model_key"], {})[e["task"]] = e
+        out += [
+            "## Held-out eval (SubEM %, 95% Wilson interval; mean output tokens)",
+            "",
+            "| model | " + " | ".join(tasks) + " | mean | tokens |",
+            "|---|" + "---|" * len(tasks) + "---:|---:|",
+        ]
+        for model, per in by_model.items():
+            cells = []
+            for t in tasks:
+                e = per.get(t)
+                if e is None:
+                    cells.append("")
+                    continue
+                lo, hi = wilson(e["hits"], e["n"])
+                cells.append(f"{100.0 * e['hits'] / e['n']:.1f} [{lo:.0f}, {hi:.0f}] (n={e['n']})")
+            means = [100.0 * e["hits"] / e["n"] for e in per.values()]
+            n_all = sum(e["n"] for e in per.values())
+            tokens = sum(e["mean_tokens"] * e["n"] for e in per.values()) / n_all
+            out.append(
+                f"| {model} | " + " | ".join(cells) + f" | {sum(means) / len(means):.1f} | {tokens:.0f} |"
+            )
+        out.append("")
+    timed = [r for r in data["rounds"] if r["stage_seconds"]]
+    if timed:
+        out += [
+            "## Wall time per stage (s)",
+            "",
+            "| round | " + " | ".join(STAGES) + " | total |",
+            "|---:|" + "---:|" * (len(STAGES) + 1),
+        ]
+        for r in timed:
+            secs = r["stage_seconds"]
+            out.append(
+                f"| {r['idx']} | "
+                + " | ".join(_fmt(secs.get(n), ".0f") for n in STAGES)
+                + f" | {sum(secs.values()):.0f} |"
+            )
+        out.append("")
+    return out
 
 
 def _diagnostics(db: sqlite_utils.Database, round_id: int) -> dict[str, float]:
@@ -290,6 +417,7 @@ def markdown(data: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += tables(data)
     for name, title in PLOTS.items():
         lines += [f"## {title}", "", f"[![{title}]({name})]({name})", ""]
     return "\n".join(lines)

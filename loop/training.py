@@ -14,6 +14,7 @@ equals the single-process one. Checkpoints every K optimizer steps make a killed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -97,6 +98,60 @@ def use_ring_attention(peft_model) -> None:
     peft_model.get_base_model().set_attn_implementation(register_hf_ring_attention())
 
 
+@dataclass
+class PackedShard:
+    """One rank's contiguous slice of 2B sequences packed into one row (ring-flash-attn's llama3 varlen
+    layout), and where each sequence's tokens of that slice sit, for the loss."""
+
+    input_ids: torch.Tensor  # [1, L / sp]
+    position_ids: torch.Tensor  # [1, L / sp]; restart at 0 for every sequence
+    cu_seqlens: (
+        torch.Tensor
+    )  # int32 [n_segments + 1] over the whole packed row (a padding tail is its own segment)
+    gather: torch.Tensor  # [2B, Tl] index into this rank's slice; -1 where a sequence has no more tokens here
+    labels: torch.Tensor  # [2B, Tl] shifted labels of those tokens; IGNORE where gather is -1
+    n_tokens: int  # real (non-padding) tokens in this rank's slice
+
+
+def pack_for_ring_flash(
+    seqs: list[list[int]], shifted: list[list[int]], sp_rank: int, sp_size: int, pad_id: int
+) -> PackedShard:
+    """Pack sequences end to end, pad the row to a multiple of sp_size, and cut this rank's contiguous slice.
+
+    The loss needs only per-sequence sums (log-probs, token counts) all-reduced over the SP group, so each
+    rank gathers the tokens of each sequence that fall in its slice into row j of a [2B, Tl] layout.
+    """
+    lengths = [len(x) for x in seqs]
+    total = sum(lengths)
+    width = math.ceil(total / sp_size) * sp_size
+    ids = [t for x in seqs for t in x] + [pad_id] * (width - total)
+    labels = [t for x in shifted for t in x] + [IGNORE] * (width - total)
+    pos = [i for n in lengths for i in range(n)] + list(range(width - total))
+    bounds = [0]
+    for n in lengths:
+        bounds.append(bounds[-1] + n)
+    if width > total:
+        bounds.append(width)
+    per = width // sp_size
+    r0, r1 = sp_rank * per, (sp_rank + 1) * per
+    segments = [list(range(max(a, r0), min(b, r1))) for a, b in zip(bounds[:-1], bounds[1:])][: len(seqs)]
+    tl = max(1, max(len(g) for g in segments))
+    gather = torch.full((len(seqs), tl), -1, dtype=torch.long)
+    lab = torch.full((len(seqs), tl), IGNORE, dtype=torch.long)
+    for j, g in enumerate(segments):
+        if g:
+            gather[j, : len(g)] = torch.tensor(g) - r0
+            lab[j, : len(g)] = torch.tensor([labels[t] for t in g])
+    return PackedShard(
+        input_ids=torch.tensor([ids[r0:r1]]),
+        position_ids=torch.tensor([pos[r0:r1]]),
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+        gather=gather,
+        labels=lab,
+        n_tokens=max(0, min(r1, total) - r0),
+    )
+
+
 def orpo_step_loss(
     peft_model,
     batch: list[PairExample],
@@ -120,7 +175,18 @@ def orpo_step_loss(
     width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
     ids, labels = _pad(seqs, width, pad_id), _pad(shifted, width, IGNORE)
     b = len(batch)
-    if par.sp_size > 1:
+    if par.sp_size > 1 and par.ring_flash:  # UNTESTED until run on CUDA with flash_attn + ring-flash-attn
+        from sealong.kernels.ring_attention import update_ring_flash_attn_params
+
+        device = head.weight.device
+        shard = pack_for_ring_flash(seqs, shifted, par.sp_rank, par.sp_size, pad_id)
+        update_ring_flash_attn_params(shard.cu_seqlens.to(device), par.sp_group)
+        flat = decoder(
+            input_ids=shard.input_ids.to(device), position_ids=shard.position_ids.to(device)
+        ).last_hidden_state[0]  # [L / sp, H]
+        hidden = flat[shard.gather.clamp(min=0).to(device)]  # [2B, Tl, H]; rows past a sequence are ignored
+        labels, n_tok = shard.labels.to(device), shard.n_tokens
+    elif par.sp_size > 1:
         from sealong.kernels.ring_attention import sequence_parallel, shard_indices
 
         idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag")
@@ -236,7 +302,14 @@ def train_orpo(
     resume = latest_checkpoint(checkpoint_dir)
     start = load_checkpoint(resume, peft_model, opt) if resume else 0
     if par.sp_size > 1:
-        use_ring_attention(peft_model)
+        from sealong.kernels.ring_attention import enable_ring_flash_attn, ring_flash_attn_available
+
+        if ring_flash_attn_available():  # UNTESTED path: no GPU with flash_attn has run it yet
+            peft_model.get_base_model().set_attn_implementation("flash_attention_2")
+            enable_ring_flash_attn(par.sp_group)
+            par = dataclasses.replace(par, ring_flash=True)
+        else:
+            use_ring_attention(peft_model)
     peft_model.train()
     history, t_tokens, t0 = [], 0, time.monotonic()
     for step in range(start, total_steps if stop_after is None else min(total_steps, stop_after)):

@@ -141,3 +141,33 @@ def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted(tiny_model, tmp_
     want, got = lora_parameters(straight), lora_parameters(resumed)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("sp", [1, 2, 3, 4])
+def test_ring_flash_packing_covers_every_token_once(sp: int):
+    """The ring-flash-attn layout (guarded, untested on GPU): packing 2B sequences into one row, cut in sp
+    contiguous slices, puts every token with its own label and position on exactly one rank."""
+    from sealong.loop.training import IGNORE, pack_for_ring_flash
+
+    seqs = [[10, 11, 12, 13, 14], [20, 21, 22], [30, 31, 32, 33, 34, 35, 36], [40]]
+    shifted = [s[1:] + [IGNORE] for s in seqs]
+    seen: dict[tuple[int, int], int] = {}
+    n_tok = 0
+    for rank in range(sp):
+        sh = pack_for_ring_flash(seqs, shifted, rank, sp, pad_id=0)
+        row_ids, row_pos = sh.input_ids[0].tolist(), sh.position_ids[0].tolist()
+        assert len(row_ids) * sp == sh.cu_seqlens[-1].item() and sh.cu_seqlens.dtype == torch.int32
+        n_tok += sh.n_tokens
+        for j in range(len(seqs)):
+            for g, lab in zip(sh.gather[j].tolist(), sh.labels[j].tolist()):
+                if g < 0:
+                    assert lab == IGNORE
+                    continue
+                tok, pos = row_ids[g], row_pos[g]
+                assert seqs[j][pos] == tok and shifted[j][pos] == lab
+                key = (j, pos)
+                assert key not in seen
+                seen[key] = rank
+    assert n_tok == sum(map(len, seqs))
+    assert set(seen) == {(j, p) for j, s in enumerate(seqs) for p in range(len(s))}
+    assert sh.cu_seqlens.tolist()[: len(seqs) + 1] == [0, 5, 8, 15, 16]
