@@ -268,9 +268,32 @@ def enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) ->
         raise RuntimeError(
             "ring-flash-attn needs CUDA, flash_attn and ring_flash_attn; use the torch ring attention"
         )
+    global _RING_FLASH_GROUP
+    if _RING_FLASH_GROUP is group:  # the patch is process-wide: apply it once per group
+        return
     from ring_flash_attn import substitute_hf_flash_attn
 
     substitute_hf_flash_attn(group, heads_k_stride)
+    _RING_FLASH_GROUP = group
+
+
+_RING_FLASH_GROUP: dist.ProcessGroup | None = None
+
+
+def try_enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) -> str | None:
+    """Enable ring-flash-attn if it imports and accepts this transformers; None on success, else why not.
+
+    ring-flash-attn patches transformers' flash-attention internals and refuses versions it does not know
+    (it imports helpers that transformers 5 removed, and checks `_flash_attention_forward`'s signature), so
+    being installed is not enough: the caller falls back to the torch ring attention on any refusal.
+    """
+    if not ring_flash_attn_available():
+        return "ring-flash-attn needs CUDA, flash_attn and ring_flash_attn"
+    try:
+        enable_ring_flash_attn(group, heads_k_stride)
+    except (ImportError, ValueError, RuntimeError, AttributeError) as e:
+        return f"ring-flash-attn unusable here ({type(e).__name__}: {e})"
+    return None
 
 
 def update_ring_flash_attn_params(cu_seqlens: torch.Tensor, group: dist.ProcessGroup) -> None:

@@ -404,8 +404,12 @@ def render(s: MonitorState, height: int | None = None) -> Group:
     n_rounds = n_events = None
     if height:
         budget = max(6, height - 26 - (4 if s.errors else 0))
-        n_rounds = max(3, budget // 3 if s.diagnostics else budget * 2 // 3)
-        n_events = max(2, budget - min(n_rounds, len(s.rounds)))
+        signal_shown = bool(s.diagnostics) or any(r["decision_json"] for r in s.rounds)
+        if signal_shown:
+            budget = max(6, budget - 6)  # the signal table's title, header, rule and caption
+        n_rounds = max(3, budget // 3 if signal_shown else budget * 2 // 3)
+        shown = min(n_rounds, len(s.rounds))
+        n_events = max(2, budget - shown * (2 if signal_shown else 1))
     if s.metrics:
         parts.append(render_models(s))
     parts.append(render_rounds(s, n_rounds))

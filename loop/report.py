@@ -194,9 +194,8 @@ def tables(data: dict[str, Any]) -> list[str]:
             means = [100.0 * e["hits"] / e["n"] for e in per.values()]
             n_all = sum(e["n"] for e in per.values())
             tokens = sum(e["mean_tokens"] * e["n"] for e in per.values()) / n_all
-            out.append(
-                f"| {model} | " + " | ".join(cells) + f" | {sum(means) / len(means):.1f} | {tokens:.0f} |"
-            )
+            mean = f"{sum(means) / len(means):.1f}" if len(per) == len(tasks) else "(partial)"
+            out.append(f"| {model} | " + " | ".join(cells) + f" | {mean} | {tokens:.0f} |")
         out.append("")
     timed = [r for r in data["rounds"] if r["stage_seconds"]]
     if timed:

@@ -192,7 +192,8 @@ def orpo_step_loss(
         idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag")
         with sequence_parallel(par.sp_group):
             hidden = decoder(input_ids=ids[:, idx], position_ids=idx.expand(len(seqs), -1)).last_hidden_state
-        labels, n_tok = labels[:, idx], len(idx) * len(seqs)
+        real = _pad([[1] * len(s) for s in seqs], width, 0)[:, idx]
+        labels, n_tok = labels[:, idx], int(real.sum())  # this rank's real (non-padding) tokens
     else:
         mask = _pad([[1] * len(s) for s in seqs], width, 0)
         hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [2B, T, H]
@@ -302,13 +303,17 @@ def train_orpo(
     resume = latest_checkpoint(checkpoint_dir)
     start = load_checkpoint(resume, peft_model, opt) if resume else 0
     if par.sp_size > 1:
-        from sealong.kernels.ring_attention import enable_ring_flash_attn, ring_flash_attn_available
+        from sealong.kernels.ring_attention import ring_flash_attn_available, try_enable_ring_flash_attn
 
-        if ring_flash_attn_available():  # UNTESTED path: no GPU with flash_attn has run it yet
+        why_not = try_enable_ring_flash_attn(par.sp_group) if ring_flash_attn_available() else "not installed"
+        if why_not is None:  # UNTESTED path: no GPU with flash_attn has run it yet
             peft_model.get_base_model().set_attn_implementation("flash_attention_2")
-            enable_ring_flash_attn(par.sp_group)
             par = dataclasses.replace(par, ring_flash=True)
         else:
+            if why_not != "not installed":
+                import warnings
+
+                warnings.warn(f"{why_not}; using the torch ring attention", stacklevel=2)
             use_ring_attention(peft_model)
     peft_model.train()
     history, t_tokens, t0 = [], 0, time.monotonic()

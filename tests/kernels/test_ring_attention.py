@@ -88,3 +88,13 @@ def test_ring_flash_attn_is_guarded_on_cpu():
     assert not ring_flash_attn_available()
     with pytest.raises(RuntimeError, match="ring-flash-attn"):
         enable_ring_flash_attn(group=None)
+
+
+def test_ring_flash_attn_refusal_is_reported_not_raised():
+    """Without CUDA + flash_attn + ring_flash_attn, enabling it says why and leaves the caller to fall back."""
+    from sealong.kernels.ring_attention import ring_flash_attn_available, try_enable_ring_flash_attn
+
+    if ring_flash_attn_available():
+        pytest.skip("ring-flash-attn is importable here")
+    why = try_enable_ring_flash_attn(None)
+    assert why is not None and "CUDA" in why
