@@ -33,6 +33,14 @@ from sealong.loop.errors import SealongError
 WORKDIR_HELP = "Run directory holding the database, adapters and logs. Default: runs/<run name> (start) or runs/tiny-cpu."
 
 
+def _console() -> Console:
+    """A terminal's own width; off a terminal (a log, a pipe) 160 columns unless COLUMNS says otherwise,
+    so that wide tables are not folded into unreadable 80-column stubs."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=160)
+
+
 def _default_workdir(workdir: str | None, cfg_name: str = "tiny-cpu") -> Path:
     return Path(workdir) if workdir else Path("runs") / cfg_name
 
@@ -105,7 +113,7 @@ def start(
     db = connect(wd)
     if cfg is None:
         cfg = load_stored_config(db, wd)
-    console = Console()
+    console = _console()
     live_view = console.is_terminal and not plain
     ui = LiveUI(wd, console) if live_view else PlainUI(wd, console)
     console.print(f"sealong-loop: run '{cfg.run.name}' in {wd}  (config {cfg.source_path})")
@@ -231,7 +239,7 @@ def status(workdir: str, as_json: bool, watch: bool, interval: float) -> None:
     if as_json:
         _echo_json(state.to_json())
     else:
-        Console().print(render(state))
+        _console().print(render(state))
 
 
 @cli.command()
@@ -250,7 +258,7 @@ def lineage(workdir: str, as_json: bool) -> None:
     if as_json:
         _echo_json(data)
     else:
-        Console().print(render_lineage(data))
+        _console().print(render_lineage(data))
 
 
 @cli.command()
@@ -272,7 +280,7 @@ def show(adapter: str, workdir: str, as_json: bool) -> None:
     if as_json:
         _echo_json(details)
     else:
-        Console().print(render_details(details))
+        _console().print(render_details(details))
 
 
 @cli.command()
@@ -293,7 +301,7 @@ def query(sql: str, workdir: str, as_json: bool) -> None:
     if as_json:
         _echo_json(query_json(columns, result))
     else:
-        Console().print(render_query(columns, result))
+        _console().print(render_query(columns, result))
 
 
 @cli.command()
