@@ -37,6 +37,19 @@ def stop_ids(tokenizer) -> list[int]:
     return [i for i in ids if i is not None]
 
 
+def _cache_kwarg(model) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` (the old name goes in 5.40); older releases
+    only know `past_key_values`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes kwargs on
+    forward = getattr(base, "forward", None)
+    try:
+        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
 @torch.inference_mode()
 def sample_n(
     model,
@@ -65,11 +78,12 @@ def sample_n(
         from transformers import DynamicCache
 
         cache = DynamicCache(config=model.config)
-        model(input_ids=prompt[:, :-1], past_key_values=cache, use_cache=True)  # one prefill
+        kw = _cache_kwarg(model)
+        model(input_ids=prompt[:, :-1], use_cache=True, **{kw: cache})  # one prefill
         cache.batch_repeat_interleave(n)
         batch = prompt.expand(n, -1)
         out = model.generate(
-            input_ids=batch, attention_mask=torch.ones_like(batch), past_key_values=cache, **gen_kwargs
+            input_ids=batch, attention_mask=torch.ones_like(batch), **{kw: cache}, **gen_kwargs
         )
     else:
         batch = prompt.expand(n, -1)

@@ -42,3 +42,24 @@ def test_greedy_batch_matches_one_by_one(tiny_model):
     torch.testing.assert_close(
         torch.tensor([c.n_tokens for c in batched]), torch.tensor([c.n_tokens for c in single])
     )
+
+
+def test_shared_prefill_through_a_lora_adapter(tiny_model):
+    """The policy with a champion adapter is a PeftModel: the shared prefill must reach its base model's
+    cache argument (named `cache` in transformers 5, `past_key_values` before) and match N prefills."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_model
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.eval()
+    ids = tok("Passage one. Passage two. Who is it?", add_special_tokens=False)["input_ids"]
+    shared = sample_n(peft_model, tok, ids, 3, 1.0, 1.0, 8, seed=3, shared_prefill=True)
+    full = sample_n(peft_model, tok, ids, 3, 1.0, 1.0, 8, seed=3, shared_prefill=False)
+    assert [c.text for c in shared] == [c.text for c in full]
+    base = sample_n(model, tok, ids, 3, 1.0, 1.0, 8, seed=3, shared_prefill=True)
+    assert [c.text for c in base] != [c.text for c in shared]  # the adapter is really applied
