@@ -396,15 +396,15 @@ def doctor(config_path: str | None, as_json: bool) -> None:
     p = probe()
     if as_json:
         checks = needs(cfg, p)
+        ready = all(ok for _, ok, _ in checks)
         _echo_json(
             {
                 "probe": asdict(p),
                 "config": str(cfg.source_path),
                 "checks": [{"need": w, "ok": ok, "fix": fix} for w, ok, fix in checks],
-                "ready": all(ok for _, ok, _ in checks),
+                "ready": ready,
             }
         )
-        ready = all(ok for _, ok, _ in checks)
     else:
         lines, ready = report(cfg, p)
         for line in lines:

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 from sealong.store.db import one, rows
-from sealong.store.lineage import adapter_metrics
+from sealong.store.lineage import adapter_metrics, diagnostics_by_round
 
 
 @dataclass
@@ -241,15 +241,7 @@ def _read_store(db: sqlite_utils.Database, s: MonitorState, n_events: int) -> No
     champ = one(db, "SELECT id FROM adapters WHERE run_id = ? AND status = 'champion'", (s.run["id"],))
     s.champion = champ["id"] if champ else "base"
     s.events = rows(db, "SELECT ts, stage, level, message FROM events ORDER BY id DESC LIMIT ?", (n_events,))
-    if one(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'"):
-        for d in rows(
-            db,
-            "SELECT r.idx, d.utility, d.metric, d.value FROM diagnostics d JOIN rounds r ON r.id = d.round_id "
-            "WHERE r.run_id = ? ORDER BY r.idx",
-            (s.run["id"],),
-        ):
-            key = d["metric"] if d["utility"] == "-" else f"{d['metric']}/{d['utility']}"
-            s.diagnostics.setdefault(d["idx"], {})[key] = d["value"]
+    s.diagnostics = diagnostics_by_round(db, s.run["id"])
     cur = s.current
     if cur and cur["name"] == "train":
         steps = rows(

@@ -23,7 +23,7 @@ import sqlite_utils
 from sealong.loop.stages.base import STAGES
 from sealong.store.artifacts import atomic_write_text
 from sealong.store.db import one, rows
-from sealong.store.lineage import adapter_metrics
+from sealong.store.lineage import adapter_metrics, diagnostics_by_round
 
 PLOTS = {
     "subem_per_round.png": "Held-out SubEM per round",
@@ -43,6 +43,7 @@ def collect(db: sqlite_utils.Database) -> dict[str, Any]:
         m["model_key"]: {**m, "per_task": json.loads(m["per_task_json"] or "{}")} for m in adapter_metrics(db)
     }
     rounds = []
+    diagnostics = diagnostics_by_round(db)
     for r in rows(db, "SELECT * FROM rounds ORDER BY idx"):
         stages = {
             s["name"]: s for s in rows(db, "SELECT * FROM stages WHERE round_id = ? ORDER BY seq", (r["id"],))
@@ -83,7 +84,7 @@ def collect(db: sqlite_utils.Database) -> dict[str, Any]:
                         db, "SELECT step, loss FROM train_steps WHERE round_id = ? ORDER BY step", (r["id"],)
                     )
                 ],
-                "diagnostics": _diagnostics(db, r["id"]),
+                "diagnostics": diagnostics.get(r["idx"], {}),
             }
         )
     champ = one(db, "SELECT id FROM adapters WHERE status = 'champion'")
@@ -123,6 +124,18 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
     return "" if v is None else format(v, spec)
 
 
+def _section(title: str, head: list[str], align: str, body: list[list[str]], note: str = "") -> list[str]:
+    """A Markdown section: '## title', an optional note, and a table; align has 'l' or 'r' per column."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return (
+        [f"## {title}", ""]
+        + ([note, ""] if note else [])
+        + ["| " + " | ".join(head) + " |", rule]
+        + ["| " + " | ".join(cells) + " |" for cells in body]
+        + [""]
+    )
+
+
 def tables(data: dict[str, Any]) -> list[str]:
     """The numbers behind the plots as Markdown tables: signal, gate, held-out eval with CIs, stage times."""
     out: list[str] = []
@@ -131,32 +144,18 @@ def tables(data: dict[str, Any]) -> list[str]:
         utilities = sorted(
             {k.split("/", 1)[1] for r in diag for k in r["diagnostics"] if k.startswith("mbr/")}
         )
+        keys = [k for _, k in SIGNAL] + [f"mbr/{u}" for u in utilities] + ["chosen", "rejected"]
         head = ["round", *(c for c, _ in SIGNAL), *(f"MBR {u}" for u in utilities), "chosen", "rejected"]
-        out += [
-            "## Self-supervision signal (SubEM % of the round's samples on its training questions)",
-            "",
+        out += _section(
+            "Self-supervision signal (SubEM % of the round's samples on its training questions)",
+            head,
+            "r" * len(head),
+            [[str(r["idx"]), *(_fmt(r["diagnostics"].get(k)) for k in keys)] for r in diag],
             "Gold answers only judge here; training never reads them. MBR u = the sample that utility u ranks first.",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "---:|" * len(head),
-        ]
-        for r in diag:
-            d = r["diagnostics"]
-            cells = [str(r["idx"]), *(_fmt(d.get(k)) for _, k in SIGNAL)]
-            cells += [_fmt(d.get(f"mbr/{u}")) for u in utilities] + [
-                _fmt(d.get("chosen")),
-                _fmt(d.get("rejected")),
-            ]
-            out.append("| " + " | ".join(cells) + " |")
-        out.append("")
+        )
     decided = [r for r in data["rounds"] if r["decision"]]
     if decided:
-        out += [
-            "## Promotion gate (gain in mean-over-tasks SubEM, candidate vs champion, same eval questions)",
-            "",
-            "| round | candidate | champion | rule | gain | CI | p | n | length ratio | promoted | reason |",
-            "|---:|---|---|---|---:|---|---:|---:|---:|---|---|",
-        ]
+        body = []
         for r in decided:
             d = r["decision"]
             ci = (
@@ -164,66 +163,69 @@ def tables(data: dict[str, Any]) -> list[str]:
                 if d.get("ci_low") is not None
                 else ""
             )
-            ratio = _fmt(d.get("length_ratio"), ".2f") + (" FLAG" if d.get("length_flag") else "")
-            out.append(
-                f"| {r['idx']} | {d.get('candidate', '')} | {d.get('champion', '')} | {d.get('rule', '')} | "
-                f"{d['gain']:+.1f} | {ci} | {_fmt(d.get('p_value'), '.3f')} | {d.get('n_questions', '')} | "
-                f"{ratio} | {'yes' if d['promoted'] else 'no'} | {d.get('reason', '')} |"
+            body.append(
+                [
+                    str(r["idx"]),
+                    d.get("candidate", ""),
+                    d.get("champion", ""),
+                    d.get("rule", ""),
+                    f"{d['gain']:+.1f}",
+                    ci,
+                    _fmt(d.get("p_value"), ".3f"),
+                    str(d.get("n_questions", "")),
+                    _fmt(d.get("length_ratio"), ".2f") + (" FLAG" if d.get("length_flag") else ""),
+                    "yes" if d["promoted"] else "no",
+                    d.get("reason", ""),
+                ]
             )
-        out.append("")
+        head = "round candidate champion rule gain CI p n".split() + ["length ratio", "promoted", "reason"]
+        out += _section(
+            "Promotion gate (gain in mean-over-tasks SubEM, candidate vs champion, same eval questions)",
+            head,
+            "rlllrlrrrll",
+            body,
+        )
     if data.get("evals"):
         tasks = sorted({e["task"] for e in data["evals"]})
         by_model: dict[str, dict[str, dict]] = {}
         for e in data["evals"]:
             by_model.setdefault(e["model_key"], {})[e["task"]] = e
-        out += [
-            "## Held-out eval (SubEM %, 95% Wilson interval; mean output tokens)",
-            "",
-            "| model | " + " | ".join(tasks) + " | mean | tokens |",
-            "|---|" + "---|" * len(tasks) + "---:|---:|",
-        ]
+        body = []
         for model, per in by_model.items():
-            cells = []
+            cells = [model]
             for t in tasks:
                 e = per.get(t)
-                if e is None:
-                    cells.append("")
-                    continue
-                lo, hi = wilson(e["hits"], e["n"])
-                cells.append(f"{100.0 * e['hits'] / e['n']:.1f} [{lo:.0f}, {hi:.0f}] (n={e['n']})")
+                lo, hi = wilson(e["hits"], e["n"]) if e else (0.0, 0.0)
+                cells.append(
+                    f"{100.0 * e['hits'] / e['n']:.1f} [{lo:.0f}, {hi:.0f}] (n={e['n']})" if e else ""
+                )
             means = [100.0 * e["hits"] / e["n"] for e in per.values()]
-            n_all = sum(e["n"] for e in per.values())
-            tokens = sum(e["mean_tokens"] * e["n"] for e in per.values()) / n_all
-            mean = f"{sum(means) / len(means):.1f}" if len(per) == len(tasks) else "(partial)"
-            out.append(f"| {model} | " + " | ".join(cells) + f" | {mean} | {tokens:.0f} |")
-        out.append("")
+            tokens = sum(e["mean_tokens"] * e["n"] for e in per.values()) / sum(e["n"] for e in per.values())
+            cells.append(f"{sum(means) / len(means):.1f}" if len(per) == len(tasks) else "(partial)")
+            cells.append(f"{tokens:.0f}")
+            body.append(cells)
+        out += _section(
+            "Held-out eval (SubEM %, 95% Wilson interval; mean output tokens)",
+            ["model", *tasks, "mean", "tokens"],
+            "l" * (len(tasks) + 1) + "rr",
+            body,
+        )
     timed = [r for r in data["rounds"] if r["stage_seconds"]]
     if timed:
-        out += [
-            "## Wall time per stage (s)",
-            "",
-            "| round | " + " | ".join(STAGES) + " | total |",
-            "|---:|" + "---:|" * (len(STAGES) + 1),
-        ]
-        for r in timed:
-            secs = r["stage_seconds"]
-            out.append(
-                f"| {r['idx']} | "
-                + " | ".join(_fmt(secs.get(n), ".0f") for n in STAGES)
-                + f" | {sum(secs.values()):.0f} |"
-            )
-        out.append("")
+        out += _section(
+            "Wall time per stage (s)",
+            ["round", *STAGES, "total"],
+            "r" * (len(STAGES) + 2),
+            [
+                [
+                    str(r["idx"]),
+                    *(_fmt(r["stage_seconds"].get(n), ".0f") for n in STAGES),
+                    f"{sum(r['stage_seconds'].values()):.0f}",
+                ]
+                for r in timed
+            ],
+        )
     return out
-
-
-def _diagnostics(db: sqlite_utils.Database, round_id: int) -> dict[str, float]:
-    """metric[/utility] -> SubEM %, when the diagnostics table exists and has rows for the round."""
-    if not one(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'"):
-        return {}
-    got = rows(db, "SELECT utility, metric, value FROM diagnostics WHERE round_id = ?", (round_id,))
-    return {
-        (d["metric"] if d["utility"] == "-" else f"{d['metric']}/{d['utility']}"): d["value"] for d in got
-    }
 
 
 def _no_data(ax, what: str) -> None:

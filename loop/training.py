@@ -171,9 +171,6 @@ def orpo_step_loss(
     shifted = [
         lab[1:] + [IGNORE] for lab in [b.chosen_labels for b in batch] + [b.rejected_labels for b in batch]
     ]
-    multiple = 2 * par.sp_size if par.sp_size > 1 else 1
-    width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
-    ids, labels = _pad(seqs, width, pad_id), _pad(shifted, width, IGNORE)
     b = len(batch)
     if par.sp_size > 1 and par.ring_flash:  # UNTESTED until run on CUDA with flash_attn + ring-flash-attn
         from sealong.kernels.ring_attention import update_ring_flash_attn_params
@@ -186,18 +183,23 @@ def orpo_step_loss(
         ).last_hidden_state[0]  # [L / sp, H]
         hidden = flat[shard.gather.clamp(min=0).to(device)]  # [2B, Tl, H]; rows past a sequence are ignored
         labels, n_tok = shard.labels.to(device), shard.n_tokens
-    elif par.sp_size > 1:
-        from sealong.kernels.ring_attention import sequence_parallel, shard_indices
-
-        idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag")
-        with sequence_parallel(par.sp_group):
-            hidden = decoder(input_ids=ids[:, idx], position_ids=idx.expand(len(seqs), -1)).last_hidden_state
-        real = _pad([[1] * len(s) for s in seqs], width, 0)[:, idx]
-        labels, n_tok = labels[:, idx], int(real.sum())  # this rank's real (non-padding) tokens
     else:
+        multiple = 2 * par.sp_size if par.sp_size > 1 else 1
+        width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
+        ids, labels = _pad(seqs, width, pad_id), _pad(shifted, width, IGNORE)
         mask = _pad([[1] * len(s) for s in seqs], width, 0)
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [2B, T, H]
-        n_tok = int(mask.sum())
+        if par.sp_size > 1:
+            from sealong.kernels.ring_attention import sequence_parallel, shard_indices
+
+            idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag")
+            with sequence_parallel(par.sp_group):
+                hidden = decoder(
+                    input_ids=ids[:, idx], position_ids=idx.expand(len(seqs), -1)
+                ).last_hidden_state
+            labels, mask = labels[:, idx], mask[:, idx]
+        else:
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [2B, T, H]
+        n_tok = int(mask.sum())  # this rank's real (non-padding) tokens
     out = orpo_kernels.orpo_loss(
         hidden[:b],
         hidden[b:],

@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from sealong.loop import diagnostics
 from sealong.loop.config import PLAN_AND_SOLVE
 from sealong.loop.models import load_causal_lm, load_tokenizer, prepare_base_model
@@ -38,11 +37,9 @@ def main() -> None:
     ap.add_argument("--out", help="append the result as one JSON line to this file")
     args = ap.parse_args()
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     base = prepare_base_model("bundled:smollm2-135m-instruct", args.workdir)
     tok = load_tokenizer(base)
-    model = load_causal_lm(base, "float32")
-    model.eval()
+    model = load_causal_lm(base, "float32")  # in eval mode
     scorer = Scorer("bundled:all-minilm-l6-v2", 64, "torch", args.seed)
     qs = generate(args.questions, args.seed, "train", args.hops, args.ctx[0], args.ctx[1])
     by_task: dict[str, list[diagnostics.QuestionSamples]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlite_utils
-from sealong.store.db import rows
+from sealong.store.db import one, rows
 
 PARENT_CHAIN_SQL = """
 WITH RECURSIVE chain(id, parent_id, round_id, status, sha256, path, depth) AS (
@@ -57,3 +57,20 @@ def adapter_metrics(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 def training_data(db: sqlite_utils.Database, adapter_id: str) -> list[dict[str, Any]]:
     """The questions and pairs that trained an adapter."""
     return rows(db, TRAINING_DATA_SQL, {"adapter": adapter_id})
+
+
+def diagnostics_by_round(db: sqlite_utils.Database, run_id: int | None = None) -> dict[int, dict[str, float]]:
+    """Round index -> {"greedy": %, "oracle": %, "mbr/embedding": %, ...}: the per-round SubEM diagnostics
+    (keys are the metric, or metric/utility for a utility's MBR pick). Empty for a store from before them."""
+    if not one(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'"):
+        return {}
+    out: dict[int, dict[str, float]] = {}
+    for d in rows(
+        db,
+        "SELECT r.idx, d.utility, d.metric, d.value FROM diagnostics d JOIN rounds r ON r.id = d.round_id "
+        "WHERE ? IS NULL OR r.run_id = ? ORDER BY r.idx",
+        (run_id, run_id),
+    ):
+        key = d["metric"] if d["utility"] == "-" else f"{d['metric']}/{d['utility']}"
+        out.setdefault(d["idx"], {})[key] = d["value"]
+    return out

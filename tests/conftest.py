@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny-random.toml"
+# `sealong-loop` as a separate process, from the source tree (-P: never the repo root on sys.path).
+CLI = [sys.executable, "-P", "-m", "sealong.loop.cli"]
 
 
 def write_config(path: Path, base: Path = TINY_CONFIG, **sections: dict) -> Path:
@@ -31,7 +33,7 @@ def cli(
     *args: str, env: dict | None = None, timeout: float = 600, check: bool = False
 ) -> subprocess.CompletedProcess:
     """Run `sealong-loop ARGS` as a user would (a separate process, plain output)."""
-    cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", *args]
+    cmd = [*CLI, *args]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )

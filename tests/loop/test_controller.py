@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from sealong.store.artifacts import sha256_dir
 from sealong.store.db import connect, one, rows
 
-from ..conftest import cli, write_config
+from ..conftest import CLI, cli, write_config
 
 
 def _db(wd: Path):
@@ -87,18 +86,7 @@ def test_whole_round_through_cli(tmp_path: Path):
 
 
 def _start_background(cfg: Path, wd: Path, env: dict | None = None) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-P",
-        "-m",
-        "sealong.loop.cli",
-        "start",
-        "--config",
-        str(cfg),
-        "--workdir",
-        str(wd),
-        "--plain",
-    ]
+    cmd = [*CLI, "start", "--config", str(cfg), "--workdir", str(wd), "--plain"]
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
     )

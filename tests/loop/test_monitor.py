@@ -28,7 +28,7 @@ from sealong.loop.dashboard import fmt_secs, memory, render, sparkline, task_lab
 from sealong.loop.monitor import MonitorState, load_state, phase
 from sealong.store.db import connect, one, rows
 
-from ..conftest import cli, write_config
+from ..conftest import CLI, cli, write_config
 
 
 def tiny_ops_run(tmp_path_factory) -> Path:
@@ -282,18 +282,7 @@ def _watch_in_pty(workdir: Path, seconds: float) -> tuple[int, str]:
         os.environ.update(COLUMNS="140", LINES="50", TERM="xterm-256color")
         os.execv(
             sys.executable,
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "sealong.loop.cli",
-                "status",
-                "--watch",
-                "--interval",
-                "0.2",
-                "--workdir",
-                str(workdir),
-            ],
+            [*CLI, "status", "--watch", "--interval", "0.2", "--workdir", str(workdir)],
         )
     out, deadline, sent = b"", time.monotonic() + seconds, False
     while True:
@@ -328,18 +317,7 @@ def test_watch_waits_for_a_run_that_has_not_started(tmp_path: Path):
 
 def test_watch_off_a_terminal_prints_plain_event_lines(run_dir: Path):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-P",
-            "-m",
-            "sealong.loop.cli",
-            "status",
-            "--watch",
-            "--interval",
-            "0.2",
-            "--workdir",
-            str(run_dir),
-        ],
+        [*CLI, "status", "--watch", "--interval", "0.2", "--workdir", str(run_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

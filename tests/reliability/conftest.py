@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ..conftest import TINY_CONFIG
+from ..conftest import CLI, TINY_CONFIG
 from .harness import make_config
 
 TRACED_CALLS = (
@@ -72,10 +71,7 @@ def paused_at_round1_train(tmp_path_factory) -> PausedRun:
         "SEALONG_FAULT_DIR": str(root / "faults"),
     }
     cmd = [
-        sys.executable,
-        "-P",
-        "-m",
-        "sealong.loop.cli",
+        *CLI,
         "start",
         "--config",
         str(cfg),

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from sealong.loop.integrity import verify
 from sealong.store.artifacts import sha256_dir
 from sealong.store.db import connect, one, rows
 
-from ..conftest import cli, write_config
+from ..conftest import CLI, cli, write_config
 
 
 def _db(wd: Path):
@@ -28,7 +27,7 @@ def _db(wd: Path):
 
 
 def _start_background(wd: Path, env: dict | None = None, config: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", "start", "--workdir", str(wd), "--plain"]
+    cmd = [*CLI, "start", "--workdir", str(wd), "--plain"]
     cmd += ["--config", str(config)] if config else []
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
