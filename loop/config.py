@@ -43,7 +43,10 @@ class PolicyConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_prompt_tokens: int = 1536  # longer prompts are truncated in the middle of the context
     trust_remote_code: bool = False
-    threads: int = 0  # torch threads in stage processes; 0 = torch's default
+    threads: int = 0  # torch threads per stage (or replica) process; 0 = torch's default
+    # where the transformers backend and training put the model: "auto" = the process's CUDA GPU if it
+    # sees one (under torchrun: cuda:LOCAL_RANK), else the CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass
@@ -79,6 +82,10 @@ class SampleConfig:
     instruction: str = PLAN_AND_SOLVE
     shared_prefill: bool = True  # prefill each prompt once and draw all N continuations from it
     greedy_diagnostics: bool = True  # also decode each training question greedily (diagnostics only)
+    # Data parallelism for the sample and eval stages: this many independent copies of the policy, each in
+    # its own process with a fixed share of the questions (vllm: each over vllm.tensor_parallel_size GPUs;
+    # transformers: one GPU each, or on the CPU policy.threads threads each).
+    replicas: int = 1
 
 
 @dataclass
@@ -131,8 +138,7 @@ class DistributedConfig:
 
 @dataclass
 class VllmConfig:
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # GPUs per engine; sample.replicas engines use replicas × this many
     max_model_len: int = 32768
     max_lora_rank: int = 128
     gpu_memory_utilization: float = 0.9
@@ -178,6 +184,12 @@ class Config:
         d.pop("source_path")
         return d
 
+
+# Keys that earlier versions took, with what to write instead.
+MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("vllm", "data_parallel_size"): "was replaced by [sample] replicas (independent engines, each over "
+    "vllm.tensor_parallel_size GPUs, each with its share of the questions); move the value there",
+}
 
 SECTIONS: dict[str, type] = {
     f.name: f.default_factory().__class__ for f in dataclasses.fields(Config) if f.name != "source_path"
@@ -359,12 +371,7 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         "tensor_parallel_size",
         f"must be >= 1 (got {v.tensor_parallel_size})",
     )
-    need(
-        v.data_parallel_size == 1,
-        "vllm",
-        "data_parallel_size",
-        f"only 1 is supported so far (got {v.data_parallel_size}); use tensor_parallel_size to span GPUs",
-    )
+    need(s.replicas >= 1, "sample", "replicas", f"must be >= 1 (got {s.replicas})")
     need(
         cfg.embedder.batch_size >= 1,
         "embedder",
@@ -481,7 +488,12 @@ def config_from_dict(
         kwargs = {}
         for key, v in value.items():
             if key not in hints:
-                problems.append(f"{where(name, key)}: unknown key (known: {', '.join(hints)})")
+                moved = MOVED_KEYS.get((name, key))
+                problems.append(
+                    f"{where(name, key)}: {moved}"
+                    if moved
+                    else f"{where(name, key)}: unknown key (known: {', '.join(hints)})"
+                )
                 continue
             bad = _type_problem(v, hints[key])
             if bad:

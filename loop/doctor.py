@@ -110,11 +110,19 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str]]:
             p.packages["vllm"] is not None,
             "pip install vllm (CUDA GPUs only)",
         )
-        gpus_needed = cfg.vllm.tensor_parallel_size
+        gpus_needed = cfg.sample.replicas * cfg.vllm.tensor_parallel_size
         need(
-            f"{gpus_needed} CUDA GPU(s) for vLLM (vllm.tensor_parallel_size)",
+            f"{gpus_needed} CUDA GPU(s) for vLLM (sample.replicas {cfg.sample.replicas} × "
+            f"vllm.tensor_parallel_size {cfg.vllm.tensor_parallel_size})",
             len(p.gpus) >= gpus_needed,
             f"this machine has {len(p.gpus)} GPU(s)",
+        )
+    elif cfg.policy.device == "cuda" or (cfg.policy.device == "auto" and p.cuda and cfg.sample.replicas > 1):
+        need(
+            f"{cfg.sample.replicas} CUDA GPU(s) for the transformers sampler (one per sample.replicas, "
+            f"policy.device = {cfg.policy.device!r})",
+            len(p.gpus) >= cfg.sample.replicas,
+            f"this machine has {len(p.gpus)} GPU(s); lower sample.replicas or set policy.device = 'cpu'",
         )
     d = cfg.distributed
     if d.world_size > 1:

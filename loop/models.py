@@ -138,10 +138,30 @@ def load_tokenizer(base_dir: Path, trust_remote_code: bool = False):
     return tok
 
 
+def compute_device(spec: str = "auto"):
+    """The torch device for models in this process: "auto" = the current CUDA device if there is one
+    (torchrun ranks have set theirs to LOCAL_RANK; a sampling replica sees only its own GPUs), else the CPU."""
+    import torch
+
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SealongError(
+            "policy.device = 'cuda' but torch sees no CUDA GPU here (torch "
+            f"{torch.__version__}); set policy.device = 'auto' or 'cpu', or run `sealong-loop doctor`"
+        )
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def load_causal_lm(
-    base_dir: Path, dtype: str = "float32", quantize: str = "none", trust_remote_code: bool = False
+    base_dir: Path,
+    dtype: str = "float32",
+    quantize: str = "none",
+    trust_remote_code: bool = False,
+    device: str = "cpu",
 ):
-    """The base model, optionally with NF4 weights (bitsandbytes; works on CPU), in eval mode."""
+    """The base model, optionally with NF4 weights (bitsandbytes; works on CPU), in eval mode, on `device`
+    ("auto" | "cpu" | "cuda", see compute_device). NF4 weights are quantised as they land on a GPU."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = dict(
@@ -161,18 +181,25 @@ def load_causal_lm(
         kwargs["dtype"] = compute
     else:
         kwargs["dtype"] = torch_dtype(dtype)
+    target = compute_device(device)
+    if target.type == "cuda":  # UNTESTED until run on a GPU
+        kwargs["device_map"] = {"": target.index}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     model.eval()
     return model
 
 
 def load_policy(
-    base_dir: Path, adapter_dir: Path | None, dtype: str = "float32", trust_remote_code: bool = False
+    base_dir: Path,
+    adapter_dir: Path | None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    device: str = "cpu",
 ):
     """Base + (optional) adapter for inference. The adapter is applied unmerged (PEFT)."""
     if adapter_dir is not None:
         require_safetensors_adapter(adapter_dir)
-    model = load_causal_lm(base_dir, dtype, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(base_dir, dtype, trust_remote_code=trust_remote_code, device=device)
     if adapter_dir is not None:
         from peft import PeftModel
 

@@ -46,6 +46,9 @@ class TransformersSampler:
         return out
 
 
+_ENGINES: dict[tuple[str, int], object] = {}
+
+
 class VllmSampler:
     """UNTESTED until run on a GPU with vLLM installed."""
 
@@ -53,7 +56,12 @@ class VllmSampler:
         from sealong.loop.vllm_backend import VllmEngine, prompt_token_budget
 
         self.cfg, self.adapter, self.stop = cfg, adapter, stop_ids(tokenizer)
-        self.engine = VllmEngine(cfg, base_dir, seed)
+        # One engine per process, whatever the adapter: eval asks for the base and then the candidate,
+        # and a second engine would not fit beside the first (the adapter rides on each request).
+        key = (str(base_dir), seed)
+        if key not in _ENGINES:
+            _ENGINES[key] = VllmEngine(cfg, base_dir, seed)
+        self.engine = _ENGINES[key]
         self.chunk = 64
         self.prompt_budget = prompt_token_budget(cfg, max(cfg.sample.max_new_tokens, cfg.eval.max_new_tokens))
 
@@ -97,5 +105,7 @@ def make_sampler(
 
         ref = adapter_ref(adapter_id, adapter_sha, adapter_dir) if adapter_dir else None
         return VllmSampler(cfg, tok, base_dir, ref, seed), tok
-    model = load_policy(base_dir, adapter_dir, cfg.policy.dtype, cfg.policy.trust_remote_code)
+    model = load_policy(
+        base_dir, adapter_dir, cfg.policy.dtype, cfg.policy.trust_remote_code, cfg.policy.device
+    )
     return TransformersSampler(cfg, tok, model), tok

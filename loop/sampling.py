@@ -50,6 +50,11 @@ def _cache_kwarg(model) -> str:
         return "past_key_values"
 
 
+def model_device(model) -> torch.device:
+    """Where the model's weights are (a PEFT wrapper included): inputs go there."""
+    return next(model.parameters()).device
+
+
 @torch.inference_mode()
 def sample_n(
     model,
@@ -64,7 +69,9 @@ def sample_n(
 ) -> list[Completion]:
     """N sampled continuations of one prompt."""
     torch.manual_seed(seed)
-    prompt = torch.tensor([input_ids], dtype=torch.long)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    prompt = torch.tensor([input_ids], dtype=torch.long, device=model_device(model))
     gen_kwargs = dict(
         do_sample=True,
         temperature=temperature,
@@ -96,8 +103,11 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     """Greedy decoding of several prompts at once (left padded)."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    device = model_device(model)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device
+    )
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,

@@ -1,6 +1,9 @@
 """Child-process entry point for one stage: `python -P -m sealong.loop.stage_main --workdir W --stage-id N`.
 
-The controller launches this; users normally do not. Exit codes: 0 done, 1 failed (retryable),
+The controller launches this; users normally do not. With `--replica I --replicas N` it is one replica
+of a data-parallel sample or eval stage (see sealong.loop.replicas): it runs the stage module's
+`run_replica(ctx, I, N)` on its share, takes no stage lock (its coordinator holds it), and leaves recording
+the stage's outcome to the coordinator. Exit codes: 0 done, 1 failed (retryable),
 3 failed (not retryable: the same inputs would fail again, e.g. a NaN loss, a corrupted adapter, a full
 disk that someone must clear first).
 
@@ -75,11 +78,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _contain_writes(workdir: Path) -> None:
+def _contain_writes(workdir: Path, alone: bool) -> None:
     """Point the libraries' temp and cache directories into the workdir, before they are imported: torch
     creates $TMPDIR/torchinductor_<user> on import, and remote code (when allowed) is copied to a cache."""
     tmp = workdir / "tmp"
-    if "RANK" not in os.environ:  # alone (holding the stage lock): clear what killed stages left
+    if alone:  # holding the stage lock, not a torchrun rank or a replica: clear what killed stages left
         shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True, exist_ok=True)
     cache = workdir / "cache"
@@ -162,7 +165,11 @@ def _failure(e: BaseException, name: str, workdir: Path) -> tuple[str, int]:
             f"{workdir} (df -h {workdir}), then `sealong-loop start --workdir {workdir}` resumes the run"
         ), EXIT_FATAL
     message = str(e) if isinstance(e, SealongError) else f"{type(e).__name__}: {e}"
-    fatal = isinstance(e, IntegrityError) or (training is not None and isinstance(e, training.NonFiniteLoss))
+    fatal = (
+        isinstance(e, IntegrityError)
+        or getattr(e, "fatal", False)  # a data-parallel replica's fatal failure (ReplicaFailed)
+        or (training is not None and isinstance(e, training.NonFiniteLoss))
+    )
     return message, EXIT_FATAL if fatal else EXIT_RETRYABLE
 
 
@@ -171,10 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--stage-id", type=int, required=True)
     ap.add_argument("--parent-pid", type=int, default=0)
+    ap.add_argument(
+        "--controller-pid", type=int, default=0, help="replicas: the controller (default: parent)"
+    )
+    ap.add_argument("--replica", type=int, default=None, help="this replica's index (data-parallel stages)")
+    ap.add_argument("--replicas", type=int, default=1)
     args = ap.parse_args(argv)
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
     _quiet_libraries()
+    replica = args.replica is not None
 
     from sealong.loop.config import config_from_dict
     from sealong.loop.stages.base import StageContext
@@ -182,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     from sealong.store.db import connect, log_event, one
 
     workdir = Path(args.workdir).resolve()
-    _stage_lock(workdir)  # held until this process exits
-    _contain_writes(workdir)
+    if not replica:
+        _stage_lock(workdir)  # held until this process exits
+    _contain_writes(workdir, alone=not replica and "RANK" not in os.environ)
     db = connect(workdir)
     stage = one(db, "SELECT * FROM stages WHERE id = ?", (args.stage_id,))
     if stage["status"] == "done":
@@ -202,18 +216,34 @@ def main(argv: list[str] | None = None) -> int:
         round_idx=rnd["idx"],
         stage_id=stage["id"],
         name=stage["name"],
+        controller_pid=args.controller_pid or args.parent_pid,
     )
-    faults.set_context(stage["name"], rnd["idx"], args.parent_pid or None)
+    faults.set_context(stage["name"], rnd["idx"], args.controller_pid or args.parent_pid or None)
     try:
-        faults.point("start", attempt=stage["attempts"])
+        if not replica:
+            faults.point("start", attempt=stage["attempts"])
         module = importlib.import_module(f"sealong.loop.stages.{stage['name']}")
         _seed_everything(cfg.run.seed, rnd["idx"], stage["name"])
         if stage["name"] == "train" and os.environ.get(faults.ENV):
             _inject_loss_faults()
-        module.run(ctx)
+        if replica:
+            module.run_replica(ctx, args.replica, args.replicas)
+        else:
+            module.run(ctx)
     except BaseException as e:  # noqa: BLE001 - every failure is recorded, then reported by exit code
         message, code = _failure(e, stage["name"], workdir)
         traceback.print_exc(file=sys.stderr)
+        if replica:  # the coordinator records the stage's failure, with this reason
+            from sealong.loop.replicas import failure_file
+
+            print(
+                f"{stage['name']} replica {args.replica}/{args.replicas} failed: {message}", file=sys.stderr
+            )
+            try:
+                failure_file(workdir, stage["id"], args.replica).write_text(message)
+            except OSError:
+                pass
+            return code
         print(f"{stage['name']} failed: {message}", file=sys.stderr)
         try:
             # A stage that committed `done` stays done, whatever happens to its process afterwards.
@@ -225,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as record_error:  # noqa: BLE001 - e.g. the same full disk; the controller records it
             print(f"could not record the failure in the store: {record_error}", file=sys.stderr)
         return code
-    faults.point("after-commit")
+    if not replica:
+        faults.point("after-commit")
     return 0
 
 

@@ -68,10 +68,13 @@ def lora_parameters(model) -> dict[str, torch.Tensor]:
 def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    ckpt = {"use_reentrant": False}  # torch's recommended checkpointing; the reentrant one is deprecated
     if cfg.quantize == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt
+        )
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
         model.enable_input_require_grads()
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
@@ -171,11 +174,10 @@ def orpo_step_loss(
     shifted = [
         lab[1:] + [IGNORE] for lab in [b.chosen_labels for b in batch] + [b.rejected_labels for b in batch]
     ]
-    b = len(batch)
+    b, device = len(batch), head.weight.device
     if par.sp_size > 1 and par.ring_flash:  # UNTESTED until run on CUDA with flash_attn + ring-flash-attn
         from sealong.kernels.ring_attention import update_ring_flash_attn_params
 
-        device = head.weight.device
         shard = pack_for_ring_flash(seqs, shifted, par.sp_rank, par.sp_size, pad_id)
         update_ring_flash_attn_params(shard.cu_seqlens.to(device), par.sp_group)
         flat = decoder(
@@ -186,12 +188,12 @@ def orpo_step_loss(
     else:
         multiple = 2 * par.sp_size if par.sp_size > 1 else 1
         width = math.ceil(max(len(s) for s in seqs) / multiple) * multiple
-        ids, labels = _pad(seqs, width, pad_id), _pad(shifted, width, IGNORE)
-        mask = _pad([[1] * len(s) for s in seqs], width, 0)
+        ids, labels = _pad(seqs, width, pad_id).to(device), _pad(shifted, width, IGNORE).to(device)
+        mask = _pad([[1] * len(s) for s in seqs], width, 0).to(device)
         if par.sp_size > 1:
             from sealong.kernels.ring_attention import sequence_parallel, shard_indices
 
-            idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag")
+            idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag").to(device)
             with sequence_parallel(par.sp_group):
                 hidden = decoder(
                     input_ids=ids[:, idx], position_ids=idx.expand(len(seqs), -1)
@@ -322,7 +324,9 @@ def train_orpo(
     for step in range(start, total_steps if stop_after is None else min(total_steps, stop_after)):
         slots = schedule[step * per_step : (step + 1) * per_step]
         mine = slots[par.dp_rank :: par.dp_size]
-        acc = torch.zeros(4)  # loss, nll, or_loss, log-odds ratio: sums over this rank's micro-batches
+        # loss, nll, or_loss, log-odds ratio: sums over this rank's micro-batches (on the model's device:
+        # NCCL all-reduces CUDA tensors only)
+        acc = torch.zeros(4, device=params[0].device)
         for micro in mine:
             out, n_tok = orpo_step_loss(
                 peft_model, [examples[i] for i in micro], cfg.beta, cfg.loss, pad_id, par
@@ -331,9 +335,7 @@ def train_orpo(
                 raise NonFiniteLoss(f"non-finite ORPO loss ({out.loss.item()}) at optimizer step {step + 1}")
             (out.loss / len(slots)).backward()
             t_tokens += n_tok
-            acc += torch.tensor(
-                [out.loss.item(), out.nll.item(), out.or_loss.item(), out.log_odds_ratio.mean().item()]
-            )
+            acc += torch.stack([out.loss, out.nll, out.or_loss, out.log_odds_ratio.mean()]).detach().float()
         all_reduce_grads(params, par.sp_group)
         all_reduce_grads(params, par.dp_group)
         if par.dp_group is not None:  # the logged loss is the mean over every micro-batch of the step

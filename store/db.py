@@ -167,6 +167,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0003_eval_truncation",
+        """
+        ALTER TABLE evals ADD COLUMN prompt_tokens INTEGER;
+        ALTER TABLE evals ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 ]
 
 

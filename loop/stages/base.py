@@ -31,6 +31,7 @@ class StageContext:
     round_idx: int
     stage_id: int
     name: str
+    controller_pid: int = 0  # the controller that launched this stage (0: none, e.g. a test)
     _last_progress: float = 0.0
 
     @property

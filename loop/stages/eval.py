@@ -1,74 +1,109 @@
 """Eval stage: greedy plan-and-solve answers on the held-out set, SubEM per task, mean output tokens.
 
 The base model is evaluated once (the first round) and every candidate adapter on the same questions.
-Rows are committed per batch, so a killed stage resumes where it stopped.
+Rows are committed per batch, so a killed stage resumes where it stopped. With sample.replicas > 1 the
+held-out questions are shared among that many policy replicas (sealong.loop.replicas); greedy answers do
+not depend on how the questions are shared.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 
+from sealong.loop.errors import SealongError
 from sealong.loop.metrics import subem
 from sealong.loop.prompts import build_prompt
+from sealong.loop.replicas import run_replicas, share
 from sealong.loop.stages.base import StageContext
-from sealong.loop.stages.common import policy_sampler
+from sealong.loop.stages.common import base_dir, policy_sampler
+from sealong.store import faults
 from sealong.store.db import Transaction, one, rows
 
 
-def evaluate_model(
-    ctx: StageContext, model_key: str, adapter_id: str | None, offset: int, total: int
-) -> dict:
-    cfg = ctx.cfg
-    questions = rows(ctx.db, "SELECT * FROM questions WHERE split = 'eval' ORDER BY pool_index")
-    done = {
+def _eval_questions(ctx: StageContext) -> list[dict]:
+    return rows(ctx.db, "SELECT * FROM questions WHERE split = 'eval' ORDER BY pool_index")
+
+
+def _models(ctx: StageContext) -> list[tuple[str, str | None]]:
+    """(model key, adapter id): the base, and this round's candidate if it has one."""
+    candidate = ctx.round["candidate_adapter_id"]
+    return [("base", None)] + ([(candidate, candidate)] if candidate else [])
+
+
+def _done(ctx: StageContext, model_key: str) -> set[str]:
+    return {
         r["question_id"]
         for r in rows(ctx.db, "SELECT question_id FROM evals WHERE model_key = ?", (model_key,))
     }
+
+
+def evaluate_questions(
+    ctx: StageContext,
+    model_key: str,
+    adapter_id: str | None,
+    questions: list[dict],
+    progress: Callable[[int, str], None],
+) -> None:
+    """Greedy answers of one model to those of these questions the store lacks, committed per batch.
+    progress(answered so far in this call, note)."""
+    cfg = ctx.cfg
+    done = _done(ctx, model_key)
     todo = [q for q in questions if q["id"] not in done]
-    truncated = 0
-    if todo:
-        sampler, tok = policy_sampler(ctx, adapter_id)
-        finished, t0 = len(questions) - len(todo), time.monotonic()
-        step = max(sampler.chunk, cfg.eval.batch_size)
-        for i in range(0, len(todo), step):
-            batch = todo[i : i + step]
-            prompts = [
-                build_prompt(tok, q["context"], q["question"], cfg.sample.instruction, sampler.prompt_budget)
-                for q in batch
-            ]
-            truncated += sum(p.truncated for p in prompts)
-            outs = sampler.greedy([p.input_ids for p in prompts], cfg.eval.max_new_tokens)
-            with Transaction(ctx.db):
-                for q, o in zip(batch, outs):
-                    ctx.db.execute(
-                        "INSERT INTO evals (model_key, round_id, question_id, task, output, n_tokens, subem) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            model_key,
-                            ctx.round_id,
-                            q["id"],
-                            q["task"],
-                            o.text,
-                            o.n_tokens,
-                            subem(o.text, json.loads(q["answers_json"])),
-                        ),
+    if not todo:
+        return
+    sampler, tok = policy_sampler(ctx, adapter_id)
+    truncated, t0 = 0, time.monotonic()
+    step = max(sampler.chunk, cfg.eval.batch_size)
+    for i in range(0, len(todo), step):
+        batch = todo[i : i + step]
+        prompts = [
+            build_prompt(tok, q["context"], q["question"], cfg.sample.instruction, sampler.prompt_budget)
+            for q in batch
+        ]
+        truncated += sum(p.truncated for p in prompts)
+        outs = sampler.greedy([p.input_ids for p in prompts], cfg.eval.max_new_tokens)
+        with Transaction(ctx.db):
+            ctx.db.conn.executemany(
+                "INSERT INTO evals (model_key, round_id, question_id, task, output, n_tokens, subem, "
+                "prompt_tokens, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        model_key,
+                        ctx.round_id,
+                        q["id"],
+                        q["task"],
+                        o.text,
+                        o.n_tokens,
+                        subem(o.text, json.loads(q["answers_json"])),
+                        len(p.input_ids),
+                        int(p.truncated),
                     )
-            finished += len(batch)
-            rate = (finished - (len(questions) - len(todo))) / max(time.monotonic() - t0, 1e-9)
-            ctx.progress(offset + finished, total, "questions", f"{model_key}  {rate:.2f} q/s", force=True)
-        if truncated:
-            ctx.event(
-                f"{model_key}: {truncated} eval prompt(s) longer than {sampler.prompt_budget} tokens were truncated "
-                "in the middle",
-                "warn",
+                    for q, p, o in zip(batch, prompts, outs)
+                ],
             )
+        answered = i + len(batch)
+        progress(answered, f"{model_key}  {answered / max(time.monotonic() - t0, 1e-9):.2f} q/s")
+    if truncated:
+        ctx.event(
+            f"{model_key}: {truncated} eval prompt(s) longer than {sampler.prompt_budget} tokens were "
+            "truncated in the middle",
+            "warn",
+        )
+
+
+def model_summary(ctx: StageContext, model_key: str) -> dict:
     summary = rows(
         ctx.db,
         "SELECT task, subem, mean_tokens, n FROM eval_summary WHERE model_key = ? ORDER BY task",
         (model_key,),
     )
     per_task = {r["task"]: r["subem"] for r in summary}
+    truncated = one(
+        ctx.db, "SELECT COALESCE(SUM(truncated), 0) AS t FROM evals WHERE model_key = ?", (model_key,)
+    )["t"]
     return {
         "per_task": per_task,
         "mean_subem": sum(per_task.values()) / max(len(per_task), 1),
@@ -78,13 +113,50 @@ def evaluate_model(
 
 
 def run(ctx: StageContext) -> None:
-    n_eval = one(ctx.db, "SELECT COUNT(*) AS n FROM questions WHERE split = 'eval'")["n"]
-    candidate = ctx.round["candidate_adapter_id"]
-    keys = [("base", None)] + ([(candidate, candidate)] if candidate else [])
-    total = n_eval * len(keys)
-    results = {
-        key: evaluate_model(ctx, key, adapter, i * n_eval, total) for i, (key, adapter) in enumerate(keys)
-    }
+    questions, models = _eval_questions(ctx), _models(ctx)
+    total = len(questions) * len(models)
+    if ctx.cfg.sample.replicas > 1:
+        base_dir(ctx)  # converted once, here, before the replicas read it
+        run_replicas(
+            ctx.cfg, ctx.workdir, ctx.stage_id, ctx.controller_pid, lambda: _poll(ctx, models, total)
+        )
+    else:
+        for i, (key, adapter) in enumerate(models):
+            before = len(_done(ctx, key) & {q["id"] for q in questions})
+            offset = i * len(questions) + before
+            evaluate_questions(
+                ctx,
+                key,
+                adapter,
+                questions,
+                lambda k, note, offset=offset: ctx.progress(offset + k, total, "questions", note, force=True),
+            )
+    for key, _ in models:
+        missing = {q["id"] for q in questions} - _done(ctx, key)
+        if missing:  # a replica exited 0 without its share: never mark such a stage done
+            raise SealongError(
+                f"{key}: {len(missing)} held-out question(s) have no answer, e.g. {min(missing)}"
+            )
+    results = {key: model_summary(ctx, key) for key, _ in models}
     with Transaction(ctx.db):
         ctx.progress(total, total, "questions", force=True)
         ctx.mark_done({"models": results})
+
+
+def run_replica(ctx: StageContext, replica: int, replicas: int) -> None:
+    """One replica's share of the held-out questions, for the base and then the candidate."""
+    mine = share(_eval_questions(ctx), replica, replicas)
+    for key, adapter in _models(ctx):
+        evaluate_questions(ctx, key, adapter, mine, lambda k, note: faults.point("progress") if k else None)
+    ctx.event(
+        f"replica {replica}/{replicas}: answered {len(mine)} held-out question(s) per model in pid {os.getpid()}"
+    )
+
+
+def _poll(ctx: StageContext, models: list[tuple[str, str | None]], total: int) -> None:
+    answered = one(
+        ctx.db,
+        f"SELECT COUNT(*) AS k FROM evals WHERE model_key IN ({','.join('?' * len(models))})",
+        tuple(k for k, _ in models),
+    )["k"]
+    ctx.progress(answered, total, "questions", f"{ctx.cfg.sample.replicas} replicas", force=True)

@@ -3,17 +3,24 @@
 Policy = base model + the champion adapter at the round's start (round 0: the base alone). Samples are
 committed per chunk of questions (one question on CPU), so a killed stage resumes at the next question;
 the stage is marked done once every question has its N samples (and, for the diagnostics, a greedy answer).
+With sample.replicas > 1 the questions are shared among that many policy replicas (sealong.loop.replicas);
+every question's seed is its own, so the samples do not depend on the number of replicas.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
+from collections.abc import Callable
 
+from sealong.loop.errors import SealongError
 from sealong.loop.prompts import build_prompt
+from sealong.loop.replicas import run_replicas, share
 from sealong.loop.stages.base import StageContext
-from sealong.loop.stages.common import policy_sampler
-from sealong.store.db import Transaction, rows
+from sealong.loop.stages.common import base_dir, policy_sampler
+from sealong.store import faults
+from sealong.store.db import Transaction, one, rows
 
 
 def question_seed(run_seed: int, round_idx: int, question_id: str) -> int:
@@ -21,23 +28,94 @@ def question_seed(run_seed: int, round_idx: int, question_id: str) -> int:
 
 
 def run(ctx: StageContext) -> None:
-    cfg = ctx.cfg
-    questions = ctx.round_questions()
-    n = cfg.sample.n
-    have = {
-        r["question_id"]: r["k"]
-        for r in rows(
-            ctx.db,
-            "SELECT question_id, COUNT(*) AS k FROM samples WHERE round_id = ? GROUP BY question_id",
-            (ctx.round_id,),
+    cfg, questions, t0 = ctx.cfg, ctx.round_questions(), time.monotonic()
+    tokens0 = _tokens(ctx)
+    if cfg.sample.replicas > 1:
+        base_dir(ctx)  # converted once, here, before the replicas read it
+        run_replicas(
+            cfg, ctx.workdir, ctx.stage_id, ctx.controller_pid, lambda: _poll(ctx, questions, tokens0, t0)
         )
-    }
+    else:
+        sample_questions(ctx, questions, ctx.progress)
+    have = _have(ctx)
+    missing = [q["id"] for q in questions if len(have.get(q["id"], [])) < cfg.sample.n]
+    if missing:  # a replica exited 0 without its share: never mark such a stage done
+        raise SealongError(f"{len(missing)} question(s) lack their {cfg.sample.n} samples, e.g. {missing[0]}")
+    with Transaction(ctx.db):
+        stats = rows(
+            ctx.db,
+            "SELECT COUNT(*) AS n, AVG(n_tokens) AS mean_tokens, SUM(truncated) AS truncated "
+            "FROM samples WHERE round_id = ?",
+            (ctx.round_id,),
+        )[0]
+        ctx.progress(len(questions), len(questions), "questions", force=True)
+        ctx.mark_done(
+            {
+                "questions": len(questions),
+                "samples": stats["n"],
+                "mean_tokens": stats["mean_tokens"],
+                "truncated_samples": stats["truncated"],
+                "seconds": time.monotonic() - t0,
+                "generated_tokens": _tokens(ctx) - tokens0,
+                "backend": cfg.sample.backend,
+                "replicas": cfg.sample.replicas,
+            }
+        )
+
+
+def run_replica(ctx: StageContext, replica: int, replicas: int) -> None:
+    """One replica's share of the round's questions; the coordinator reports progress and marks done."""
+    mine = share(ctx.round_questions(), replica, replicas)
+    sample_questions(ctx, mine, _replica_progress)
+    ctx.event(f"replica {replica}/{replicas}: sampled {len(mine)} question(s) in pid {os.getpid()}")
+
+
+def _replica_progress(done: float, total: float, *args, **kwargs) -> None:
+    if done > 0:
+        faults.point("progress")  # tests: this replica has committed some of its rows
+
+
+def _have(ctx: StageContext) -> dict[str, list[int]]:
+    """question id → the sample indices the store holds for it this round."""
+    out: dict[str, list[int]] = {}
+    for r in rows(ctx.db, "SELECT question_id, sample_idx FROM samples WHERE round_id = ?", (ctx.round_id,)):
+        out.setdefault(r["question_id"], []).append(r["sample_idx"])
+    return out
+
+
+def _tokens(ctx: StageContext) -> int:
+    r = one(ctx.db, "SELECT COALESCE(SUM(n_tokens), 0) AS t FROM samples WHERE round_id = ?", (ctx.round_id,))
+    return int(r["t"])
+
+
+def _poll(ctx: StageContext, questions: list[dict], tokens0: int, t0: float) -> None:
+    """Progress of a replicated stage, read from the store: questions sampled, then greedy answers."""
+    n, have = ctx.cfg.sample.n, _have(ctx)
+    done = sum(len(have.get(q["id"], [])) >= n for q in questions)
+    rate = (_tokens(ctx) - tokens0) / max(time.monotonic() - t0, 1e-9)
+    note = f"{rate:.1f} tok/s · {ctx.cfg.sample.replicas} replicas"
+    if done == len(questions) and ctx.cfg.sample.greedy_diagnostics:
+        greedy = one(ctx.db, "SELECT COUNT(*) AS k FROM greedy WHERE round_id = ?", (ctx.round_id,))["k"]
+        want = sum(q["answers_json"] != "[]" for q in questions)
+        ctx.progress(greedy, want, "greedy", f"diagnostics · {ctx.cfg.sample.replicas} replicas", force=True)
+    else:
+        ctx.progress(done, len(questions), "questions", note, force=True)
+
+
+def sample_questions(ctx: StageContext, questions: list[dict], progress: Callable[..., None]) -> None:
+    """N samples (and the diagnostic greedy answer) for each of these questions the store lacks,
+    committed one chunk of questions at a time."""
+    if not questions:  # more replicas than questions
+        return
+    cfg = ctx.cfg
+    n = cfg.sample.n
+    have = {q: len(k) for q, k in _have(ctx).items()}
     todo = [q for q in questions if have.get(q["id"], 0) < n]
     if len(todo) < len(questions):
         ctx.event(f"resuming: {len(questions) - len(todo)} of {len(questions)} questions already sampled")
     sampler, tok = policy_sampler(ctx, ctx.round["policy_adapter_id"])
     done_q, tokens, truncated, t0 = len(questions) - len(todo), 0, 0, time.monotonic()
-    ctx.progress(done_q, len(questions), "questions", force=True)
+    progress(done_q, len(questions), "questions", force=True)
     for i in range(0, len(todo), sampler.chunk):
         chunk = todo[i : i + sampler.chunk]
         prompts = [
@@ -72,35 +150,19 @@ def run(ctx: StageContext) -> None:
         done_q += len(chunk)
         tokens += sum(o.n_tokens for completions in outs for o in completions)
         rate = tokens / max(time.monotonic() - t0, 1e-9)
-        ctx.progress(done_q, len(questions), "questions", f"{rate:.1f} tok/s", force=True)
+        progress(done_q, len(questions), "questions", f"{rate:.1f} tok/s", force=True)
     if truncated:
         ctx.event(
             f"{truncated} prompt(s) longer than {sampler.prompt_budget} tokens were truncated in the middle",
             "warn",
         )
     if cfg.sample.greedy_diagnostics:
-        _greedy_pass(ctx, sampler, tok, questions)
-    with Transaction(ctx.db):
-        stats = rows(
-            ctx.db,
-            "SELECT COUNT(*) AS n, AVG(n_tokens) AS mean_tokens, SUM(truncated) AS truncated "
-            "FROM samples WHERE round_id = ?",
-            (ctx.round_id,),
-        )[0]
-        ctx.mark_done(
-            {
-                "questions": len(questions),
-                "samples": stats["n"],
-                "mean_tokens": stats["mean_tokens"],
-                "truncated_samples": stats["truncated"],
-                "seconds": time.monotonic() - t0,
-                "generated_tokens": tokens,
-                "backend": cfg.sample.backend,
-            }
-        )
+        _greedy_pass(ctx, sampler, tok, questions, progress)
 
 
-def _greedy_pass(ctx: StageContext, sampler, tok, questions: list[dict]) -> None:
+def _greedy_pass(
+    ctx: StageContext, sampler, tok, questions: list[dict], progress: Callable[..., None]
+) -> None:
     """Greedy answers to the training questions, for the diagnostics only (never trained on)."""
     cfg = ctx.cfg
     have = {
@@ -123,4 +185,4 @@ def _greedy_pass(ctx: StageContext, sampler, tok, questions: list[dict]) -> None
                 "INSERT INTO greedy (round_id, question_id, text, n_tokens) VALUES (?, ?, ?, ?)",
                 [(ctx.round_id, q["id"], o.text, o.n_tokens) for q, o in zip(batch, outs)],
             )
-        ctx.progress(i + len(batch), len(todo), "greedy", "diagnostics", force=True)
+        progress(i + len(batch), len(todo), "greedy", "diagnostics", force=True)

@@ -39,34 +39,27 @@ class Scorer:
         counts = [len(t) for t in texts_by_q]
         flat = [t for ts in texts_by_q for t in ts]
         if utility == "embedding":
-            emb = (
-                self.embedder.encode(flat, batch_size=self.batch_size, convert_to_tensor=True)
-                .to(torch.float32)
-                .cpu()
+            # Embeddings stay where the embedder made them: on a GPU the fused Triton kernel scores them.
+            emb = self.embedder.encode(flat, batch_size=self.batch_size, convert_to_tensor=True).to(
+                torch.float32
             )
-            scorer = getattr(mbr, "mbr_scores", None)
-            out = (
-                scorer(emb, counts, backend=self.backend)
-                if scorer
-                else mbr.ragged_embedding_mbr_scores_reference(emb, counts)
-            )
-            return [float(x) for x in out.tolist()]
-        if utility == "bertscore" and hasattr(mbr, "bertscore_mbr_scores"):
-            out = []
+            return [float(x) for x in mbr.mbr_scores(emb, counts, backend=self.backend).tolist()]
+        if utility == "bertscore":
+            out, device = [], self.embedder.device
             for ts in texts_by_q:
                 tok_emb = self.embedder.encode(ts, output_value="token_embeddings", convert_to_tensor=False)
                 width = max(t.shape[0] for t in tok_emb)
-                padded = torch.zeros(len(ts), width, tok_emb[0].shape[1])
-                mask = torch.zeros(len(ts), width, dtype=torch.bool)
+                padded = torch.zeros(len(ts), width, tok_emb[0].shape[1], device=device)
+                mask = torch.zeros(len(ts), width, dtype=torch.bool, device=device)
                 for i, t in enumerate(tok_emb):
-                    padded[i, : t.shape[0]], mask[i, : t.shape[0]] = t.float().cpu(), True
+                    padded[i, : t.shape[0]], mask[i, : t.shape[0]] = t.float().to(device), True
                 out += [
                     float(x) for x in mbr.bertscore_mbr_scores(padded, mask, backend=self.backend).tolist()
                 ]
             return out
-        if utility == "rouge-l" and hasattr(mbr, "rouge_l_mbr_scores"):
+        if utility == "rouge-l":
             return [float(s) for ts in texts_by_q for s in mbr.rouge_l_mbr_scores(ts)]
-        if utility == "random" and hasattr(mbr, "random_scores"):
+        if utility == "random":
             return [
                 float(s) for i, ts in enumerate(texts_by_q) for s in mbr.random_scores(len(ts), self.seed + i)
             ]

@@ -64,7 +64,9 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
     tok = load_tokenizer(base, cfg.policy.trust_remote_code)
     champ = champion(ctx.db, ctx.run_id)
     init = verified_adapter_dir(ctx, champ["id"]) if (champ and cfg.train.init == "champion") else None
-    model = load_causal_lm(base, cfg.policy.dtype, cfg.train.quantize, cfg.policy.trust_remote_code)
+    model = load_causal_lm(
+        base, cfg.policy.dtype, cfg.train.quantize, cfg.policy.trust_remote_code, cfg.policy.device
+    )
     model = add_lora(model, cfg.train, init)
     examples = []
     for p in pairs:

@@ -30,7 +30,7 @@ def test_paper_config_says_precisely_what_is_missing(monkeypatch):
     assert not ready
     for needle in (
         "[MISSING] vllm",
-        "[MISSING] 8 CUDA GPU(s) for vLLM",
+        "[MISSING] 8 CUDA GPU(s) for vLLM (sample.replicas 8 × vllm.tensor_parallel_size 1)",
         "[MISSING] ring-flash-attn",
         "Meta-Llama-3.1-8B-Instruct (environment variable SEALONG_MODELS is not set)",
         "[ok] bitsandbytes",
@@ -47,3 +47,24 @@ def test_paper_config_says_precisely_what_is_missing(monkeypatch):
     text = "\n".join(doctor.report(cfg, gpu_box)[0])
     assert "[ok] vllm" in text and "[ok] 8 GPU(s) per node" in text and "[ok] ring-flash-attn" in text
     assert "[MISSING] [policy] model" in text  # the paths still are not on this machine
+
+
+def test_replicas_and_devices_count_gpus():
+    cpu = doctor.Probe(
+        python="3.11", torch="2.13.0+cpu", cuda=False, packages={m: "x" for m in doctor.PACKAGES}
+    )
+    cfg = load_config(DEFAULT_CONFIG)
+    cfg.policy.device, cfg.sample.replicas = "cuda", 2
+    text = "\n".join(doctor.report(cfg, cpu)[0])
+    assert "[MISSING] 2 CUDA GPU(s) for the transformers sampler" in text
+    four = doctor.Probe(
+        python="3.11",
+        torch="2.11",
+        cuda=True,
+        gpus=[{"name": "H100", "memory_gb": 79.6, "capability": "9.0"}] * 4,
+        packages={m: "x" for m in doctor.PACKAGES},
+    )
+    paper = load_config(REPO / "configs" / "llama31-8b-8xh100.toml", check_paths=False)
+    assert "[MISSING] 8 CUDA GPU(s) for vLLM" in "\n".join(doctor.report(paper, four)[0])
+    paper.sample.replicas = 4
+    assert "[ok] 4 CUDA GPU(s) for vLLM" in "\n".join(doctor.report(paper, four)[0])

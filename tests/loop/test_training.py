@@ -171,3 +171,19 @@ def test_ring_flash_packing_covers_every_token_once(sp: int):
     assert n_tok == sum(map(len, seqs))
     assert set(seen) == {(j, p) for j, s in enumerate(seqs) for p in range(len(s))}
     assert sh.cu_seqlens.tolist()[: len(seqs) + 1] == [0, 5, 8, 15, 16]
+
+
+def test_models_go_where_the_config_says(tiny_model_dir):
+    """policy.device: "auto" is the CPU on a machine without CUDA; "cuda" there is one clear error."""
+    import torch
+    from sealong.loop.errors import SealongError
+    from sealong.loop.models import compute_device, load_causal_lm
+
+    assert compute_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert compute_device("auto").type == "cuda"
+        assert next(load_causal_lm(tiny_model_dir, device="auto").parameters()).is_cuda
+        return
+    assert compute_device("auto") == torch.device("cpu")
+    with pytest.raises(SealongError, match="policy.device = 'cuda' but torch sees no CUDA GPU"):
+        load_causal_lm(tiny_model_dir, device="cuda")

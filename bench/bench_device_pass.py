@@ -1,0 +1,184 @@
+"""One pass of the loop's compute on this machine's device, with time, tokens/s and peak memory per phase.
+
+The GPU acceptance check of issue 4, runnable on the CPU too (same code, `--device cpu`):
+  sample  N plan-and-solve answers per question through transformers (shared prefill), the policy on DEVICE;
+  score   embedding MBR over them (all-MiniLM-L6-v2; the fused Triton kernel when DEVICE is CUDA);
+  eval    greedy answers to held-out questions, SubEM;
+  train   QLoRA ORPO steps: NF4 base through bitsandbytes (its CUDA backend on a GPU), bf16 compute on a
+          GPU (fp32 on the CPU), LoRA on every attention and MLP projection, the fused token-chunked loss,
+          pairs = MBR best vs worst of the sampled answers.
+Model: the bundled SmolLM2-135M-Instruct. Questions: the synthetic multi-hop tasks. Rows go to
+bench/results.csv (bench = device_pass); a Markdown table is printed for bench/RESULTS.md.
+
+    .venv/bin/python -P bench/bench_device_pass.py                # device auto: CUDA if there is one
+    .venv/bin/python -P bench/bench_device_pass.py --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+
+class Phase:
+    """Wall time and peak memory (CUDA: max allocated; CPU: the process's RSS high-water mark)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        import torch
+
+        harness.sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            harness.reset_peak_rss()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        harness.sync()
+        self.seconds = time.perf_counter() - self.t0
+        self.peak_mib = (
+            torch.cuda.max_memory_allocated() if self.device.type == "cuda" else harness.peak_rss()
+        ) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--questions", type=int, default=16)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--context-tokens", type=int, default=1000)
+    ap.add_argument("--train-steps", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="2 questions, N=4, 16 new tokens, 1 step")
+    ap.add_argument("--no-csv", action="store_true", help="print only (tests)")
+    args = ap.parse_args()
+    if args.quick:
+        args.questions, args.n, args.new_tokens, args.context_tokens, args.train_steps = 2, 4, 16, 200, 1
+
+    import tempfile
+
+    import torch
+    from sealong.kernels import mbr
+    from sealong.loop.config import PLAN_AND_SOLVE, TrainConfig
+    from sealong.loop.metrics import subem
+    from sealong.loop.models import (
+        compute_device,
+        load_causal_lm,
+        load_embedder,
+        load_policy,
+        load_tokenizer,
+        prepare_base_model,
+    )
+    from sealong.loop.prompts import build_prompt
+    from sealong.loop.sampling import greedy_batch, sample_n
+    from sealong.loop.tasks.synthetic import generate
+    from sealong.loop.training import PairExample, add_lora, encode_response, orpo_step_loss
+
+    device = compute_device(args.device)
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    ctx_range = (args.context_tokens // 2, args.context_tokens)
+    train_q = generate(args.questions, 0, "train", [1, 2], *ctx_range)
+    eval_q = generate(args.questions, 0, "eval", [1, 2], *ctx_range)
+    rows, table = [], []
+
+    def record(phase: str, p: Phase, tokens: int, extra: str = "") -> None:
+        rate = tokens / p.seconds if p.seconds else 0.0
+        for metric, value, unit in (
+            ("seconds", f"{p.seconds:.3f}", "s"),
+            ("tokens_per_s", f"{rate:.1f}", "tok/s"),
+            ("peak_memory", f"{p.peak_mib:.0f}", "MiB"),
+        ):
+            rows.append({"case": case, "variant": phase, "metric": metric, "value": value, "unit": unit})
+        table.append([phase, f"{p.seconds:.2f}", f"{tokens}", f"{rate:.1f}", f"{p.peak_mib:.0f}", extra])
+
+    case = (
+        f"smollm2-135m {device.type} {dtype} q={args.questions} N={args.n} new={args.new_tokens} "
+        f"ctx<={args.context_tokens}"
+    )
+    with tempfile.TemporaryDirectory() as wd:
+        base = prepare_base_model("bundled:smollm2-135m-instruct", wd)
+        tok = load_tokenizer(base)
+        prompts = [build_prompt(tok, q.context, q.question, PLAN_AND_SOLVE, 4096).input_ids for q in train_q]
+        policy = load_policy(base, None, dtype, device=args.device)
+        with Phase(device) as p:
+            samples = [
+                sample_n(policy, tok, ids, args.n, 0.7, 1.0, args.new_tokens, seed=i)
+                for i, ids in enumerate(prompts)
+            ]
+        record(
+            "sample",
+            p,
+            sum(c.n_tokens for s in samples for c in s),
+            f"{sum(len(ids) for ids in prompts)} prompt tokens",
+        )
+
+        eval_prompts = [
+            build_prompt(tok, q.context, q.question, PLAN_AND_SOLVE, 4096).input_ids for q in eval_q
+        ]
+        with Phase(device) as p:
+            greedy = []
+            for i in range(0, len(eval_prompts), 4):
+                greedy += greedy_batch(policy, tok, eval_prompts[i : i + 4], args.new_tokens)
+        score = 100 * sum(subem(g.text, q.answers) for g, q in zip(greedy, eval_q)) / len(eval_q)
+        record("eval", p, sum(g.n_tokens for g in greedy), f"SubEM {score:.1f} on {len(eval_q)}")
+        del policy
+
+        embedder = load_embedder("bundled:all-minilm-l6-v2")
+        texts = [c.text for s in samples for c in s]
+        with Phase(device) as p:
+            emb = embedder.encode(texts, batch_size=64, convert_to_tensor=True).float()
+            scores = mbr.mbr_scores(emb, [len(s) for s in samples], backend="auto").tolist()
+        backend = "triton" if emb.is_cuda else "torch reference"
+        record("score", p, 0, f"{len(texts)} answers, {backend}")
+        del embedder
+
+        pairs, k = [], 0
+        for ids, s in zip(prompts, samples):
+            qs = scores[k : k + len(s)]
+            k += len(s)
+            best, worst = max(range(len(s)), key=qs.__getitem__), min(range(len(s)), key=qs.__getitem__)
+            c_ids, c_lab = encode_response(tok, ids, s[best].text, 2048)
+            r_ids, r_lab = encode_response(tok, ids, s[worst].text, 2048)
+            pairs.append(PairExample(c_ids, c_lab, r_ids, r_lab))
+        cfg = TrainConfig(quantize="nf4", lora_r=16, lora_alpha=32, loss="fused", gradient_checkpointing=True)
+        model = add_lora(load_causal_lm(base, dtype, "nf4", device=args.device), cfg, None)
+        params = [q for q in model.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr)
+        model.train()
+        n_tok, losses = 0, []
+        with Phase(device) as p:
+            for step in range(args.train_steps):
+                out, t = orpo_step_loss(
+                    model, [pairs[step % len(pairs)]], cfg.beta, "fused", tok.pad_token_id
+                )
+                out.loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                n_tok, losses = n_tok + t, losses + [round(out.loss.item(), 4)]
+        quantised = type(model.get_base_model().model.layers[0].mlp.down_proj.base_layer).__name__
+        record("train", p, n_tok, f"{args.train_steps} step(s), loss {losses}, base layers {quantised}")
+
+    if not args.no_csv:
+        harness.append_rows("device_pass", rows)
+    harness.print_table(
+        f"one pass of the loop on {harness.gpu_name() if device.type == 'cuda' else 'CPU'} ({case})",
+        ["phase", "seconds", "tokens", "tok/s", "peak MiB", "notes"],
+        table,
+    )
+    print(json.dumps({"device": str(device), "phases": {r[0]: float(r[1]) for r in table}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Data parallelism for the sample and eval stages: `sample.replicas` independent copies of the policy.
+
+The stage process (the coordinator) starts one child per replica,
+`python -P -m sealong.loop.stage_main … --replica I --replicas N`, and waits for them. Replica I takes
+the questions at positions I, I + N, I + 2N, … of the stage's fixed question list, so a rerun after a
+kill gives every replica the same share, and skips what the store already holds. Replicas write their
+rows to the store themselves, one transaction per question (SQLite WAL; writers queue on BEGIN
+IMMEDIATE), so a kill loses at most each replica's question in flight. The coordinator reports progress
+from the store, and marks the stage done only after every replica exited 0 and every question has its rows.
+
+Devices. vllm: replica I sees GPUs [I·TP, (I+1)·TP) of those visible to the stage (CUDA_VISIBLE_DEVICES).
+transformers: one GPU each when the policy runs on CUDA; on the CPU, policy.threads threads each (0: the
+cores split evenly). vllm replicas also get their own VLLM_PORT range. The vllm path is UNTESTED until it
+has run on GPUs; the transformers path runs in the tests on the CPU. Results do not depend on the number of replicas: every question's seed is its own.
+
+One replica failing stops the others (SIGTERM, then SIGKILL) and fails the stage; the controller retries
+it like any other stage. Replicas die with the coordinator (PR_SET_PDEATHSIG), so killing the stage, or
+the controller, leaves none behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from sealong.loop.config import Config
+from sealong.loop.errors import SealongError
+
+T = TypeVar("T")
+STOP_GRACE_S = 10.0
+ENV = "SEALONG_REPLICA"  # "I/N" in a replica process
+VLLM_PORT_BASE, VLLM_PORT_STRIDE = 30000, 100
+
+
+class ReplicaFailed(SealongError):
+    """A replica of a data-parallel stage exited non-zero; `fatal` when it would fail again as is."""
+
+    def __init__(self, message: str, fatal: bool):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+def share(items: Sequence[T], replica: int, replicas: int) -> list[T]:
+    """Replica `replica`'s items: every `replicas`-th, starting at its index (long and short contexts mix)."""
+    if not 0 <= replica < replicas:
+        raise ValueError(f"replica {replica} is not in [0, {replicas})")
+    return list(items[replica::replicas])
+
+
+def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
+    """The GPU ids this process may hand out: CUDA_VISIBLE_DEVICES if set, else every GPU torch counts."""
+    env = os.environ if env is None else env
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def gpus_per_replica(cfg: Config, have_gpus: bool) -> int:
+    """GPUs each replica needs: vllm's tensor-parallel size; 1 for transformers on CUDA; 0 on the CPU."""
+    if cfg.sample.backend == "vllm":
+        return cfg.vllm.tensor_parallel_size
+    device = cfg.policy.device
+    return 1 if device == "cuda" or (device == "auto" and have_gpus) else 0
+
+
+def replica_envs(
+    cfg: Config, base_env: dict[str, str], gpus: list[str], cpu_count: int
+) -> list[dict[str, str]]:
+    """The environment of each replica process: its GPUs, its CPU threads, and its index."""
+    n, per = cfg.sample.replicas, gpus_per_replica(cfg, bool(gpus))
+    if per and n * per > len(gpus):
+        raise SealongError(
+            f"sample.replicas = {n} × {per} GPU(s) each ("
+            + ("vllm.tensor_parallel_size" if cfg.sample.backend == "vllm" else "transformers on CUDA")
+            + f") needs {n * per} GPUs; this process sees {len(gpus)}"
+            + (
+                f" (CUDA_VISIBLE_DEVICES={base_env['CUDA_VISIBLE_DEVICES']})"
+                if "CUDA_VISIBLE_DEVICES" in base_env
+                else ""
+            )
+            + ". Lower sample.replicas, or run `sealong-loop doctor --config …`"
+        )
+    threads = cfg.policy.threads or max(1, cpu_count // n)
+    envs = []
+    for i in range(n):
+        env = dict(base_env)
+        env[ENV] = f"{i}/{n}"
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        if per:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * per : (i + 1) * per])
+        if cfg.sample.backend == "vllm":
+            # vLLM scans for its internal ports upward from VLLM_PORT; engines that start at once from the
+            # same base can race for one port and fail with EADDRINUSE (vllm-project/vllm#43206,
+            # verl-project/verl#6677), so each replica scans from its own base.
+            env["VLLM_PORT"] = str(int(base_env.get("VLLM_PORT", VLLM_PORT_BASE)) + VLLM_PORT_STRIDE * i)
+        envs.append(env)
+    return envs
+
+
+def replica_command(
+    workdir: Path, stage_id: int, replica: int, replicas: int, controller_pid: int
+) -> list[str]:
+    return [
+        sys.executable,
+        "-P",
+        "-m",
+        "sealong.loop.stage_main",
+        "--workdir",
+        str(workdir),
+        "--stage-id",
+        str(stage_id),
+        "--parent-pid",
+        str(os.getpid()),
+        "--controller-pid",
+        str(controller_pid),
+        "--replica",
+        str(replica),
+        "--replicas",
+        str(replicas),
+    ]
+
+
+def failure_file(workdir: Path, stage_id: int, replica: int) -> Path:
+    """Where a failing replica leaves its one-line reason for the coordinator (under the stage's tmp/)."""
+    return workdir / "tmp" / f"stage{stage_id}-replica{replica}.failure"
+
+
+def run_replicas(
+    cfg: Config,
+    workdir: Path,
+    stage_id: int,
+    controller_pid: int,
+    on_poll: Callable[[], None] = lambda: None,
+    poll_s: float = 1.0,
+) -> None:
+    """Start cfg.sample.replicas replica processes of this stage and wait for all of them.
+
+    Calls on_poll about once a second (progress from the store). Raises ReplicaFailed when one fails,
+    after stopping the rest.
+    """
+    n = cfg.sample.replicas
+    gpus = visible_gpus() if gpus_per_replica(cfg, True) else []
+    envs = replica_envs(cfg, dict(os.environ), gpus, os.cpu_count() or 1)
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(n):
+            failure_file(workdir, stage_id, i).unlink(missing_ok=True)
+            procs.append(
+                subprocess.Popen(
+                    replica_command(workdir, stage_id, i, n, controller_pid),
+                    env=envs[i],
+                    stdin=subprocess.DEVNULL,
+                    cwd=workdir,
+                )
+            )
+        while True:
+            codes = [p.poll() for p in procs]
+            on_poll()
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                break
+            if all(c == 0 for c in codes):
+                return
+            time.sleep(poll_s)
+    finally:
+        _stop(procs)
+    i, code = failed[0]
+    reason = failure_file(workdir, stage_id, i)
+    why = reason.read_text().strip() if reason.is_file() else f"killed by signal {-code}" if code < 0 else ""
+    from sealong.loop.stage_main import EXIT_FATAL
+
+    raise ReplicaFailed(
+        f"replica {i} of {n} exited with code {code}" + (f": {why}" if why else "") + "; the other replicas "
+        "were stopped and what they committed is kept (the stage log holds each replica's output)",
+        fatal=code == EXIT_FATAL,
+    )
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        p.terminate()
+    end = time.monotonic() + STOP_GRACE_S
+    for p in live:
+        try:
+            p.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -1,0 +1,163 @@
+"""Data-parallel sample and eval stages (sample.replicas): how questions and devices are shared, and real
+runs on the tiny random Llama: two replica processes give the rows one process gives, also when replicas,
+their coordinator or the controller are killed on the way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sealong.loop.config import ConfigError, config_from_dict, load_config
+from sealong.loop.errors import SealongError
+from sealong.loop.replicas import ENV, gpus_per_replica, replica_envs, share
+from sealong.store.db import connect, rows
+
+from ..conftest import REPO, cli
+from ..reliability.conftest import reliability_config
+from ..reliability.harness import Fault, run_with_faults, summary_json
+
+
+def test_shares_partition_the_questions_in_a_fixed_order():
+    items = list(range(11))
+    parts = [share(items, i, 3) for i in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert sorted(x for p in parts for x in p) == items
+    assert share(items[:2], 2, 3) == []  # more replicas than questions: an empty share
+    with pytest.raises(ValueError):
+        share(items, 3, 3)
+
+
+def _cfg(**sections):
+    return config_from_dict(sections, "<test>", check_paths=False)
+
+
+def test_vllm_replicas_get_disjoint_tensor_parallel_slices_of_the_visible_gpus():
+    cfg = _cfg(sample={"backend": "vllm", "replicas": 2}, vllm={"tensor_parallel_size": 2})
+    envs = replica_envs(cfg, {"CUDA_VISIBLE_DEVICES": "3,5,6,7"}, ["3", "5", "6", "7"], cpu_count=16)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3,5", "6,7"]
+    assert [e[ENV] for e in envs] == ["0/2", "1/2"]
+    assert [e["VLLM_PORT"] for e in envs] == ["30000", "30100"]  # each engine scans its own port range
+    assert replica_envs(cfg, {"VLLM_PORT": "41000"}, ["0", "1", "2", "3"], 16)[1]["VLLM_PORT"] == "41100"
+    eight = _cfg(sample={"backend": "vllm", "replicas": 8})
+    envs = replica_envs(eight, {}, [str(i) for i in range(8)], cpu_count=64)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == [str(i) for i in range(8)]
+
+
+def test_too_few_gpus_is_one_clear_error():
+    cfg = _cfg(sample={"backend": "vllm", "replicas": 4}, vllm={"tensor_parallel_size": 2})
+    with pytest.raises(
+        SealongError, match=r"needs 8 GPUs; this process sees 4 \(CUDA_VISIBLE_DEVICES=0,1,2,3\)"
+    ):
+        replica_envs(cfg, {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, ["0", "1", "2", "3"], cpu_count=8)
+
+
+def test_transformers_replicas_take_one_gpu_each_or_split_the_cpu_cores():
+    cfg = _cfg(sample={"replicas": 3})
+    assert gpus_per_replica(cfg, have_gpus=True) == 1 and gpus_per_replica(cfg, have_gpus=False) == 0
+    envs = replica_envs(cfg, {}, ["0", "1", "2", "3"], cpu_count=8)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "2"]
+    cpu = replica_envs(cfg, {}, [], cpu_count=8)
+    assert all("CUDA_VISIBLE_DEVICES" not in e for e in cpu)
+    assert [e["OMP_NUM_THREADS"] for e in cpu] == ["2", "2", "2"]  # 8 cores // 3 replicas
+    pinned = replica_envs(_cfg(sample={"replicas": 2}, policy={"threads": 3}), {}, [], cpu_count=8)
+    assert [e["OMP_NUM_THREADS"] for e in pinned] == ["3", "3"]
+    forced_cpu = _cfg(sample={"replicas": 2}, policy={"device": "cpu"})
+    assert all("CUDA_VISIBLE_DEVICES" not in e for e in replica_envs(forced_cpu, {}, ["0", "1"], 8))
+
+
+def test_the_old_vllm_data_parallel_key_points_to_its_replacement(tmp_path: Path):
+    p = tmp_path / "c.toml"
+    p.write_text("[vllm]\ntensor_parallel_size = 1\ndata_parallel_size = 8\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, check_paths=False)
+    assert f"{p}: 1 problem(s)" in str(e.value)
+    assert "line 3: [vllm] data_parallel_size: was replaced by [sample] replicas" in str(e.value)
+    with pytest.raises(ConfigError, match=r"\[sample\] replicas: must be >= 1 \(got 0\)"):
+        _cfg(sample={"replicas": 0})
+    for name in ("llama31-8b-8xh100.toml", "qwen25-7b-8xh100.toml"):
+        cfg = load_config(REPO / "configs" / name, check_paths=False)
+        assert cfg.sample.replicas * cfg.vllm.tensor_parallel_size == 8
+
+
+# -- real runs ------------------------------------------------------------------------------------------------
+
+SAMPLES = "SELECT question_id, sample_idx, text, n_tokens, seed FROM samples ORDER BY question_id, sample_idx"
+GREEDY = "SELECT question_id, text FROM greedy ORDER BY question_id"
+EVALS = "SELECT model_key, question_id, output, subem, truncated FROM evals ORDER BY model_key, question_id"
+
+
+def _config(path: Path, replicas: int) -> Path:
+    # eval batch 1: greedy answers then do not depend on which questions share a padded batch
+    return reliability_config(
+        path, train={"epochs": 1}, eval={"batch_size": 1}, sample={"replicas": replicas}
+    )
+
+
+def _tables(wd: Path) -> dict[str, list[tuple]]:
+    db = connect(wd, readonly=True)
+    return {q: [tuple(r.values()) for r in rows(db, q)] for q in (SAMPLES, GREEDY, EVALS)}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one-process")
+    wd = root / "run"
+    cli("start", "--config", str(_config(root / "c.toml", 1)), "--workdir", str(wd), "--plain", check=True)
+    return wd
+
+
+def test_two_replicas_give_the_rows_one_process_gives(tmp_path: Path, one_process: Path):
+    wd = tmp_path / "run"
+    out = cli("start", "--config", str(_config(tmp_path / "c.toml", 2)), "--workdir", str(wd), "--plain")
+    assert out.returncode == 0, out.stdout + out.stderr
+    mine, reference = _tables(wd), _tables(one_process)
+    assert mine[SAMPLES] and mine[EVALS] and mine[GREEDY]
+    for q in (SAMPLES, GREEDY, EVALS):
+        assert mine[q] == reference[q], q
+    db = connect(wd, readonly=True)
+    outputs = {
+        r["name"]: r["output_json"]
+        for r in rows(db, "SELECT name, output_json FROM stages WHERE name IN ('sample', 'eval')")
+    }
+    assert '"replicas": 2' in outputs["sample"]
+    # two processes did the work, each its share
+    n_train = len({r[0] for r in mine[SAMPLES]})
+    n_eval = len({r[1] for r in mine[EVALS]})
+    for verb, total in (("sampled", n_train), ("answered", n_eval)):
+        done = [
+            r["message"].split()
+            for r in rows(db, "SELECT message FROM events WHERE message LIKE ?", (f"replica %: {verb} %",))
+        ]
+        assert sorted(m[1] for m in done) == ["0/2:", "1/2:"], done
+        assert sum(int(m[3]) for m in done) == total and len({m[-1] for m in done}) == 2, done
+    status = cli("status", "--workdir", str(wd), "--json", check=True)
+    assert '"status": "finished"' in status.stdout
+
+
+def test_killed_replicas_coordinators_and_controllers_lose_nothing(tmp_path: Path, one_process: Path):
+    faults = [
+        Fault("sample", 0, "progress", "child"),  # a replica SIGKILLs itself after committing a question
+        # the coordinator is killed: its replicas die with it
+        Fault("sample", 0, "timer", "child", delay=3.0),
+        Fault("eval", 0, "progress", "controller"),  # a replica SIGKILLs the controller
+    ]
+    cfg = reliability_config(
+        tmp_path / "c.toml",
+        train={"epochs": 1},
+        eval={"batch_size": 1},
+        sample={"replicas": 2},
+        run={"max_stage_retries": 3},  # two kills in one stage are retried, not a failed run
+    )
+    report = run_with_faults(tmp_path / "run", cfg, faults)
+    assert report.violations == [], summary_json(report)
+    assert report.finished, summary_json(report)
+    assert [f.label for f in report.faults if not f.fired] == [], summary_json(report)
+    assert _tables(report.workdir) == _tables(one_process)
+    db = connect(report.workdir, readonly=True)
+    started = rows(
+        db, "SELECT stage, COUNT(*) AS k FROM events WHERE message LIKE '% started (attempt %' GROUP BY stage"
+    )
+    assert {r["stage"]: r["k"] for r in started}["sample"] >= 3  # two kills, then the attempt that finished
+    assert len(report.lifetimes) == 2  # the controller was killed once, during eval
+    failed = rows(db, "SELECT message FROM events WHERE message LIKE 'sample failed: replica % of 2 exited%'")
+    assert failed, "the coordinator did not report the killed replica"
