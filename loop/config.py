@@ -185,10 +185,14 @@ class Config:
         return d
 
 
-# Keys that earlier versions took, with what to write instead.
-MOVED_KEYS: dict[tuple[str, str], str] = {
-    ("vllm", "data_parallel_size"): "was replaced by [sample] replicas (independent engines, each over "
-    "vllm.tensor_parallel_size GPUs, each with its share of the questions); move the value there",
+# Keys that earlier versions took: (their only value then, what to write instead). The old value is
+# accepted and ignored (every stored config of an earlier run holds it); any other value is an error.
+MOVED_KEYS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("vllm", "data_parallel_size"): (
+        1,
+        "was replaced by [sample] replicas (independent engines, each over vllm.tensor_parallel_size "
+        "GPUs, each with its share of the questions); move the value there",
+    ),
 }
 
 SECTIONS: dict[str, type] = {
@@ -373,6 +377,12 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     )
     need(s.replicas >= 1, "sample", "replicas", f"must be >= 1 (got {s.replicas})")
     need(
+        not (cfg.policy.device == "cpu" and cfg.distributed.backend == "nccl"),
+        "distributed",
+        "backend",
+        "'nccl' reduces CUDA tensors only, but policy.device = 'cpu'; use 'gloo' or 'auto'",
+    )
+    need(
         cfg.embedder.batch_size >= 1,
         "embedder",
         "batch_size",
@@ -488,7 +498,9 @@ def config_from_dict(
         kwargs = {}
         for key, v in value.items():
             if key not in hints:
-                moved = MOVED_KEYS.get((name, key))
+                old, moved = MOVED_KEYS.get((name, key), (None, None))
+                if moved and v == old:
+                    continue
                 problems.append(
                     f"{where(name, key)}: {moved}"
                     if moved

@@ -39,6 +39,13 @@ class StageFailed(SealongError):
     exit_code = 3
 
 
+class SetupError(SealongError):
+    """This machine cannot run the config as it stands (e.g. fewer GPUs than it asks for): a retry would
+    fail the same way, so the stage fails at once."""
+
+    fatal = True
+
+
 class IntegrityError(SealongError):
     """An artifact does not match what the store recorded (e.g. an adapter's sha256)."""
 

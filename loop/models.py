@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sealong.loop.errors import SealongError
+from sealong.loop.errors import SealongError, SetupError
 from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -146,7 +146,7 @@ def compute_device(spec: str = "auto"):
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise SealongError(
+        raise SetupError(
             "policy.device = 'cuda' but torch sees no CUDA GPU here (torch "
             f"{torch.__version__}); set policy.device = 'auto' or 'cpu', or run `sealong-loop doctor`"
         )
@@ -230,14 +230,12 @@ def resolve_embedder(spec: str) -> Path:
     return Path(spec)
 
 
-def load_embedder(spec: str, trust_remote_code: bool = False):
-    import torch
+def load_embedder(spec: str, trust_remote_code: bool = False, device: str = "auto"):
     from sentence_transformers import SentenceTransformer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return SentenceTransformer(
         str(resolve_embedder(spec)),
-        device=device,
+        device=str(compute_device(device)),
         local_files_only=True,
         trust_remote_code=trust_remote_code,
         model_kwargs={"use_safetensors": True},

@@ -37,14 +37,19 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(sp_size: int, backend: str = "auto") -> Parallel:
-    """Join the torchrun job and build the SP and DP groups. A single process gets Parallel()."""
+def setup(sp_size: int, backend: str = "auto", device: str = "auto") -> Parallel:
+    """Join the torchrun job and build the SP and DP groups. A single process gets Parallel().
+
+    device is policy.device: where this rank's model lives. On CUDA every rank first takes GPU LOCAL_RANK
+    (the models load onto the current device); "auto" picks NCCL there and gloo on the CPU.
+    """
     if not launched_by_torchrun():
         return Parallel()
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if on_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if backend == "auto":
+        backend = "nccl" if on_cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return build_groups(sp_size)

@@ -4,8 +4,9 @@ The stage process (the coordinator) starts one child per replica,
 `python -P -m sealong.loop.stage_main … --replica I --replicas N`, and waits for them. Replica I takes
 the questions at positions I, I + N, I + 2N, … of the stage's fixed question list, so a rerun after a
 kill gives every replica the same share, and skips what the store already holds. Replicas write their
-rows to the store themselves, one transaction per question (SQLite WAL; writers queue on BEGIN
-IMMEDIATE), so a kill loses at most each replica's question in flight. The coordinator reports progress
+rows to the store themselves, one transaction per chunk of questions (one question on the transformers
+backend, up to 64 with vLLM; SQLite WAL, writers queue on BEGIN IMMEDIATE), so a kill loses at most each
+replica's chunk in flight. The coordinator reports progress
 from the store, and marks the stage done only after every replica exited 0 and every question has its rows.
 
 Devices. vllm: replica I sees GPUs [I·TP, (I+1)·TP) of those visible to the stage (CUDA_VISIBLE_DEVICES).
@@ -21,18 +22,24 @@ the controller, leaves none behind.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sealong.loop.config import Config
-from sealong.loop.errors import SealongError
+from sealong.loop.errors import SealongError, SetupError
+
+if TYPE_CHECKING:
+    from sealong.loop.stages.base import StageContext
 
 T = TypeVar("T")
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 10.0  # after SIGTERM, replicas get this long before SIGKILL
+SIGTERM_GRACE_S = 3.0  # the same when the stage itself is being stopped (the controller waits 10 s)
+EXIT_FATAL = 3  # sealong.loop.stage_main's exit code for a failure a retry would repeat
 ENV = "SEALONG_REPLICA"  # "I/N" in a replica process
 VLLM_PORT_BASE, VLLM_PORT_STRIDE = 30000, 100
 
@@ -77,7 +84,7 @@ def replica_envs(
     """The environment of each replica process: its GPUs, its CPU threads, and its index."""
     n, per = cfg.sample.replicas, gpus_per_replica(cfg, bool(gpus))
     if per and n * per > len(gpus):
-        raise SealongError(
+        raise SetupError(
             f"sample.replicas = {n} × {per} GPU(s) each ("
             + ("vllm.tensor_parallel_size" if cfg.sample.backend == "vllm" else "transformers on CUDA")
             + f") needs {n * per} GPUs; this process sees {len(gpus)}"
@@ -97,6 +104,9 @@ def replica_envs(
         if per:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * per : (i + 1) * per])
         if cfg.sample.backend == "vllm":
+            # The engine core in this process, not a child of it: a child engine process does not die
+            # with a SIGKILLed replica, and would hold its GPU memory into the retry
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             # vLLM scans for its internal ports upward from VLLM_PORT; engines that start at once from the
             # same base can race for one port and fail with EADDRINUSE (vllm-project/vllm#43206,
             # verl-project/verl#6677), so each replica scans from its own base.
@@ -133,32 +143,31 @@ def failure_file(workdir: Path, stage_id: int, replica: int) -> Path:
     return workdir / "tmp" / f"stage{stage_id}-replica{replica}.failure"
 
 
-def run_replicas(
-    cfg: Config,
-    workdir: Path,
-    stage_id: int,
-    controller_pid: int,
-    on_poll: Callable[[], None] = lambda: None,
-    poll_s: float = 1.0,
-) -> None:
-    """Start cfg.sample.replicas replica processes of this stage and wait for all of them.
+def run_replicas(ctx: StageContext, on_poll: Callable[[], None] = lambda: None, poll_s: float = 1.0) -> None:
+    """Start ctx.cfg.sample.replicas replica processes of this stage and wait for all of them.
 
     Calls on_poll about once a second (progress from the store). Raises ReplicaFailed when one fails,
-    after stopping the rest.
+    after stopping the rest. Each replica is its own process group (an engine's helper processes
+    included), inherits the stage lock, and is stopped with its group on any way out of here, SIGTERM
+    included.
     """
+    cfg, workdir, stage_id = ctx.cfg, ctx.workdir, ctx.stage_id
     n = cfg.sample.replicas
     gpus = visible_gpus() if gpus_per_replica(cfg, True) else []
     envs = replica_envs(cfg, dict(os.environ), gpus, os.cpu_count() or 1)
     procs: list[subprocess.Popen] = []
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         for i in range(n):
             failure_file(workdir, stage_id, i).unlink(missing_ok=True)
             procs.append(
                 subprocess.Popen(
-                    replica_command(workdir, stage_id, i, n, controller_pid),
+                    replica_command(workdir, stage_id, i, n, ctx.controller_pid or os.getpid()),
                     env=envs[i],
                     stdin=subprocess.DEVNULL,
                     cwd=workdir,
+                    start_new_session=True,
+                    pass_fds=(ctx.lock_fd,) if ctx.lock_fd is not None else (),
                 )
             )
         while True:
@@ -170,13 +179,17 @@ def run_replicas(
             if all(c == 0 for c in codes):
                 return
             time.sleep(poll_s)
+    except SystemExit:  # SIGTERM: the controller is stopping the stage, and waits only so long
+        _stop(procs, SIGTERM_GRACE_S)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # end as any stage process stopped by SIGTERM ends
+        raise
     finally:
-        _stop(procs)
-    i, code = failed[0]
+        _stop(procs, STOP_GRACE_S)
+        signal.signal(signal.SIGTERM, previous)
+    i, code = max(failed, key=lambda f: f[1] == EXIT_FATAL)  # a fatal exit is the one to report
     reason = failure_file(workdir, stage_id, i)
     why = reason.read_text().strip() if reason.is_file() else f"killed by signal {-code}" if code < 0 else ""
-    from sealong.loop.stage_main import EXIT_FATAL
-
     raise ReplicaFailed(
         f"replica {i} of {n} exited with code {code}" + (f": {why}" if why else "") + "; the other replicas "
         "were stopped and what they committed is kept (the stage log holds each replica's output)",
@@ -184,14 +197,27 @@ def run_replicas(
     )
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    live = [p for p in procs if p.poll() is None]
-    for p in live:
-        p.terminate()
-    end = time.monotonic() + STOP_GRACE_S
-    for p in live:
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM every replica's process group, SIGKILL what is left after `grace` seconds; reap."""
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
+    end = time.monotonic() + grace
+    for p in procs:
         try:
             p.wait(timeout=max(0.1, end - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            pass
+    for p in procs:  # the group too: an engine's helper process may outlive its replica
+        _signal_group(p, signal.SIGKILL)
+        p.wait()

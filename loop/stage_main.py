@@ -72,6 +72,10 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="controller-watchdog", daemon=True).start()
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _quiet_libraries() -> None:
     """Through the environment: importing transformers here would cost pairs and promote ~2 s."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -195,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     from sealong.store.db import connect, log_event, one
 
     workdir = Path(args.workdir).resolve()
-    if not replica:
-        _stage_lock(workdir)  # held until this process exits
+    lock_fd = None if replica else _stage_lock(workdir)  # held until this process (and its replicas) exit
+    if replica:  # SIGTERM from the coordinator: unwind, so engines (vLLM) shut down their own processes
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _contain_writes(workdir, alone=not replica and "RANK" not in os.environ)
     db = connect(workdir)
     stage = one(db, "SELECT * FROM stages WHERE id = ?", (args.stage_id,))
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_id=stage["id"],
         name=stage["name"],
         controller_pid=args.controller_pid or args.parent_pid,
+        lock_fd=lock_fd,
     )
     faults.set_context(stage["name"], rnd["idx"], args.controller_pid or args.parent_pid or None)
     try:

@@ -14,6 +14,7 @@ equals the single-process one. Checkpoints every K optimizer steps make a killed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -216,6 +217,16 @@ def orpo_step_loss(
     return out, n_tok
 
 
+def _sp_context(par: Parallel):
+    """The torch ring attention's SP group for code that may run the attention: the forward, and the
+    backward, where gradient checkpointing recomputes it."""
+    if par.sp_size > 1 and not par.ring_flash:
+        from sealong.kernels.ring_attention import sequence_parallel
+
+        return sequence_parallel(par.sp_group)
+    return contextlib.nullcontext()
+
+
 def micro_batch_schedule(n_examples: int, cfg: TrainConfig, seed: int) -> list[list[int]]:
     """Example indices per micro-batch, over all epochs, in a fixed (seeded) order: resumable by position."""
     rng, schedule = random.Random(seed), []
@@ -241,6 +252,8 @@ def save_checkpoint(directory: Path, step: int, model, opt: torch.optim.Optimize
                 (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
             )
     tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_dir(directory / f"step-{step:06d}") as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
@@ -264,10 +277,18 @@ def load_checkpoint(path: Path, model, opt: torch.optim.Optimizer) -> int:
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
     for n, p in params.items():
-        state = {k.rsplit("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"opt/{n}/")}
+        # safetensors loads onto the CPU: the optimizer's moments go back where their parameter is
+        # (AdamW's scalar `step` stays on the CPU, as AdamW keeps it)
+        state = {
+            k.rsplit("/", 1)[1]: (v if k.endswith("/step") else v.to(p.device))
+            for k, v in tensors.items()
+            if k.startswith(f"opt/{n}/")
+        }
         if state:
             opt.state[p] = state
     torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
     return json.loads((path / "meta.json").read_text())["step"]
 
 
@@ -333,7 +354,8 @@ def train_orpo(
             )
             if not torch.isfinite(out.loss):
                 raise NonFiniteLoss(f"non-finite ORPO loss ({out.loss.item()}) at optimizer step {step + 1}")
-            (out.loss / len(slots)).backward()
+            with _sp_context(par):  # recomputed (checkpointed) attention must ring over the SP group too
+                (out.loss / len(slots)).backward()
             t_tokens += n_tok
             acc += torch.stack([out.loss, out.nll, out.or_loss, out.log_odds_ratio.mean()]).detach().float()
         all_reduce_grads(params, par.sp_group)

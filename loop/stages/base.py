@@ -32,6 +32,7 @@ class StageContext:
     stage_id: int
     name: str
     controller_pid: int = 0  # the controller that launched this stage (0: none, e.g. a test)
+    lock_fd: int | None = None  # the stage lock's descriptor (replicas inherit it: the lock outlives none)
     _last_progress: float = 0.0
 
     @property
@@ -39,10 +40,17 @@ class StageContext:
         return one(self.db, "SELECT * FROM rounds WHERE id = ?", (self.round_id,))  # type: ignore[return-value]
 
     def progress(
-        self, done: float, total: float, unit: str = "", note: str = "", force: bool = False
+        self,
+        done: float,
+        total: float,
+        unit: str = "",
+        note: str = "",
+        force: bool = False,
+        fault_point: bool = True,
     ) -> None:
-        """Record progress for the monitor (throttled to a few writes a second)."""
-        if done > 0:
+        """Record progress for the monitor (throttled to a few writes a second). fault_point=False: a
+        coordinator's reading of its replicas' progress, which is not a point where this process committed."""
+        if done > 0 and fault_point:
             faults.point("progress")  # tests: the stage has committed some of its rows
         now = time.monotonic()
         if not force and now - self._last_progress < 0.5 and done < total:

@@ -2,8 +2,10 @@
 
 The base model is evaluated once (the first round) and every candidate adapter on the same questions.
 Rows are committed per batch, so a killed stage resumes where it stopped. With sample.replicas > 1 the
-held-out questions are shared among that many policy replicas (sealong.loop.replicas); greedy answers do
-not depend on how the questions are shared.
+held-out questions are shared among that many policy replicas (sealong.loop.replicas). Each replica
+batches its own share; with eval.batch_size > 1 (and with vLLM, which batches as it likes) a question's
+left padding and batch mates change with the sharing, so an answer can differ in floating-point detail
+from a one-process run. With batch size 1 on the transformers backend they are identical (tested).
 """
 
 from __future__ import annotations
@@ -115,11 +117,10 @@ def model_summary(ctx: StageContext, model_key: str) -> dict:
 def run(ctx: StageContext) -> None:
     questions, models = _eval_questions(ctx), _models(ctx)
     total = len(questions) * len(models)
-    if ctx.cfg.sample.replicas > 1:
+    left = sum(len({q["id"] for q in questions} - _done(ctx, key)) for key, _ in models)
+    if ctx.cfg.sample.replicas > 1 and left:
         base_dir(ctx)  # converted once, here, before the replicas read it
-        run_replicas(
-            ctx.cfg, ctx.workdir, ctx.stage_id, ctx.controller_pid, lambda: _poll(ctx, models, total)
-        )
+        run_replicas(ctx, lambda: _poll(ctx, models, total))
     else:
         for i, (key, adapter) in enumerate(models):
             before = len(_done(ctx, key) & {q["id"] for q in questions})
@@ -159,4 +160,6 @@ def _poll(ctx: StageContext, models: list[tuple[str, str | None]], total: int) -
         f"SELECT COUNT(*) AS k FROM evals WHERE model_key IN ({','.join('?' * len(models))})",
         tuple(k for k, _ in models),
     )["k"]
-    ctx.progress(answered, total, "questions", f"{ctx.cfg.sample.replicas} replicas", force=True)
+    ctx.progress(
+        answered, total, "questions", f"{ctx.cfg.sample.replicas} replicas", force=True, fault_point=False
+    )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from sealong.loop.errors import SealongError
 from sealong.loop.prompts import build_prompt
+from sealong.loop.replicas import ENV as REPLICA_ENV
 from sealong.loop.replicas import run_replicas, share
 from sealong.loop.stages.base import StageContext
 from sealong.loop.stages.common import base_dir, policy_sampler
@@ -30,11 +31,9 @@ def question_seed(run_seed: int, round_idx: int, question_id: str) -> int:
 def run(ctx: StageContext) -> None:
     cfg, questions, t0 = ctx.cfg, ctx.round_questions(), time.monotonic()
     tokens0 = _tokens(ctx)
-    if cfg.sample.replicas > 1:
+    if cfg.sample.replicas > 1 and _work_left(ctx, questions):
         base_dir(ctx)  # converted once, here, before the replicas read it
-        run_replicas(
-            cfg, ctx.workdir, ctx.stage_id, ctx.controller_pid, lambda: _poll(ctx, questions, tokens0, t0)
-        )
+        run_replicas(ctx, lambda: _poll(ctx, questions, tokens0, t0))
     else:
         sample_questions(ctx, questions, ctx.progress)
     have = _have(ctx)
@@ -83,6 +82,20 @@ def _have(ctx: StageContext) -> dict[str, list[int]]:
     return out
 
 
+def _work_left(ctx: StageContext, questions: list[dict]) -> bool:
+    """Whether some question lacks its samples or (diagnostics on) its greedy answer."""
+    have = _have(ctx)
+    if any(len(have.get(q["id"], [])) < ctx.cfg.sample.n for q in questions):
+        return True
+    if not ctx.cfg.sample.greedy_diagnostics:
+        return False
+    greedy = {
+        r["question_id"]
+        for r in rows(ctx.db, "SELECT question_id FROM greedy WHERE round_id = ?", (ctx.round_id,))
+    }
+    return any(q["id"] not in greedy and q["answers_json"] != "[]" for q in questions)
+
+
 def _tokens(ctx: StageContext) -> int:
     r = one(ctx.db, "SELECT COALESCE(SUM(n_tokens), 0) AS t FROM samples WHERE round_id = ?", (ctx.round_id,))
     return int(r["t"])
@@ -90,16 +103,21 @@ def _tokens(ctx: StageContext) -> int:
 
 def _poll(ctx: StageContext, questions: list[dict], tokens0: int, t0: float) -> None:
     """Progress of a replicated stage, read from the store: questions sampled, then greedy answers."""
-    n, have = ctx.cfg.sample.n, _have(ctx)
-    done = sum(len(have.get(q["id"], [])) >= n for q in questions)
+    n = ctx.cfg.sample.n
+    done = one(
+        ctx.db,
+        "SELECT COUNT(*) AS k FROM (SELECT question_id FROM samples WHERE round_id = ? "
+        "GROUP BY question_id HAVING COUNT(*) >= ?)",
+        (ctx.round_id, n),
+    )["k"]
     rate = (_tokens(ctx) - tokens0) / max(time.monotonic() - t0, 1e-9)
     note = f"{rate:.1f} tok/s · {ctx.cfg.sample.replicas} replicas"
     if done == len(questions) and ctx.cfg.sample.greedy_diagnostics:
         greedy = one(ctx.db, "SELECT COUNT(*) AS k FROM greedy WHERE round_id = ?", (ctx.round_id,))["k"]
         want = sum(q["answers_json"] != "[]" for q in questions)
-        ctx.progress(greedy, want, "greedy", f"diagnostics · {ctx.cfg.sample.replicas} replicas", force=True)
+        ctx.progress(greedy, want, "greedy", f"diagnostics · {ctx.cfg.sample.replicas} replicas", True, False)
     else:
-        ctx.progress(done, len(questions), "questions", note, force=True)
+        ctx.progress(done, len(questions), "questions", note, force=True, fault_point=False)
 
 
 def sample_questions(ctx: StageContext, questions: list[dict], progress: Callable[..., None]) -> None:
@@ -112,7 +130,10 @@ def sample_questions(ctx: StageContext, questions: list[dict], progress: Callabl
     have = {q: len(k) for q, k in _have(ctx).items()}
     todo = [q for q in questions if have.get(q["id"], 0) < n]
     if len(todo) < len(questions):
-        ctx.event(f"resuming: {len(questions) - len(todo)} of {len(questions)} questions already sampled")
+        who = f"replica {os.environ[REPLICA_ENV]}: " if REPLICA_ENV in os.environ else ""
+        ctx.event(
+            f"{who}resuming: {len(questions) - len(todo)} of {len(questions)} questions already sampled"
+        )
     sampler, tok = policy_sampler(ctx, ctx.round["policy_adapter_id"])
     done_q, tokens, truncated, t0 = len(questions) - len(todo), 0, 0, time.monotonic()
     progress(done_q, len(questions), "questions", force=True)

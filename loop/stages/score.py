@@ -23,16 +23,22 @@ class Scorer:
     """Scores for one question's samples under each utility; loads the embedder once, on first use."""
 
     def __init__(
-        self, embedder_spec: str, batch_size: int, backend: str, seed: int, trust_remote_code: bool = False
+        self,
+        embedder_spec: str,
+        batch_size: int,
+        backend: str,
+        seed: int,
+        trust_remote_code: bool = False,
+        device: str = "auto",
     ):
         self.spec, self.batch_size, self.backend, self.seed = embedder_spec, batch_size, backend, seed
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code, self.device = trust_remote_code, device
         self._embedder = None
 
     @property
     def embedder(self):
         if self._embedder is None:
-            self._embedder = load_embedder(self.spec, self.trust_remote_code)
+            self._embedder = load_embedder(self.spec, self.trust_remote_code, self.device)
         return self._embedder
 
     def scores(self, utility: str, texts_by_q: list[list[str]]) -> list[float]:
@@ -81,6 +87,7 @@ def run(ctx: StageContext) -> None:
         cfg.score.backend,
         cfg.run.seed * 7919 + ctx.round_idx,
         cfg.embedder.trust_remote_code,
+        cfg.policy.device,
     )
     utilities = [cfg.score.utility] + [u for u in cfg.score.diagnostic_utilities if u != cfg.score.utility]
     by_utility, skipped = {}, []

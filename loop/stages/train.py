@@ -31,7 +31,8 @@ WHERE p.round_id = ? ORDER BY p.id
 
 def run(ctx: StageContext) -> None:
     """One process, or every rank of a torchrun job (rank 0 alone writes files and rows)."""
-    par = parallel.setup(ctx.cfg.distributed.sequence_parallel_size, ctx.cfg.distributed.backend)
+    d = ctx.cfg.distributed
+    par = parallel.setup(d.sequence_parallel_size, d.backend, ctx.cfg.policy.device)
     try:
         _train(ctx, par)
     finally:

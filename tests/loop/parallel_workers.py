@@ -26,7 +26,7 @@ def run_distributed(fn, world: int, *args) -> None:
         mp.spawn(_entry, args=(world, os.path.join(d, "init"), fn, args), nprocs=world, join=True)
 
 
-def tiny_setup(grad_accum: int = 2):
+def tiny_setup(grad_accum: int = 2, checkpointing: bool = False):
     """A tiny random LoRA Llama (no dropout) and 4 pairs of random token sequences with masked prompts."""
     from sealong.loop.config import TrainConfig
     from sealong.loop.training import IGNORE, PairExample, add_lora
@@ -53,6 +53,7 @@ def tiny_setup(grad_accum: int = 2):
         batch_size=1,
         grad_accum=grad_accum,
         loss="fused",
+        gradient_checkpointing=checkpointing,
     )
     g = torch.Generator().manual_seed(1)
     examples = []
@@ -73,13 +74,13 @@ def tiny_setup(grad_accum: int = 2):
     return model, examples, cfg
 
 
-def train_and_save(rank: int, world: int, sp_size: int, out_path: str) -> None:
+def train_and_save(rank: int, world: int, sp_size: int, out_path: str, checkpointing: bool = False) -> None:
     from sealong.loop.parallel import build_groups
     from sealong.loop.training import lora_parameters, train_orpo
 
     par = build_groups(sp_size)
     # The global batch is batch_size x grad_accum x data-parallel groups: keep it at 2 pairs.
-    model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size)
+    model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size, checkpointing=checkpointing)
     summary = train_orpo(model, examples, cfg, pad_id=0, seed=3, par=par)
     if rank == 0:
         torch.save(

@@ -19,17 +19,23 @@ from ..conftest import cli, write_config  # noqa: E402
 pytestmark = pytest.mark.distributed
 
 
-def _single_process():
-    model, examples, cfg = tiny_setup()
+def _single_process(checkpointing: bool = False):
+    model, examples, cfg = tiny_setup(checkpointing=checkpointing)
     summary = train_orpo(model, examples, cfg, pad_id=0, seed=3)
     return lora_parameters(model), summary
 
 
-@pytest.mark.parametrize("world,sp", [(2, 2), (2, 1)], ids=["sequence-parallel-2", "data-parallel-2"])
-def test_parallel_training_matches_one_process(tmp_path: Path, world: int, sp: int):
-    want, want_summary = _single_process()
+@pytest.mark.parametrize(
+    "world,sp,checkpointing",
+    [(2, 2, False), (2, 1, False), (2, 2, True)],
+    ids=["sequence-parallel-2", "data-parallel-2", "sequence-parallel-2-gradient-checkpointing"],
+)
+def test_parallel_training_matches_one_process(tmp_path: Path, world: int, sp: int, checkpointing: bool):
+    """With gradient checkpointing the backward recomputes the attention: it must ring over the SP group
+    again, or each rank's gradients see only its own tokens."""
+    want, want_summary = _single_process(checkpointing)
     out = tmp_path / "rank0.pt"
-    run_distributed(train_and_save, world, sp, str(out))
+    run_distributed(train_and_save, world, sp, str(out), checkpointing)
     got = torch.load(out, weights_only=True)
     assert got["summary"]["steps"] == want_summary["steps"] == 2
     assert got["summary"]["last_loss"] == pytest.approx(want_summary["last_loss"], rel=1e-5)
