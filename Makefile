@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-gpu lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ test: setup
 
 test-fast: setup
 	TRITON_INTERPRET=1 $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU (and a CUDA build of torch: `make setup TORCH_SPEC=torch`): the compiled
+# Triton kernels, bitsandbytes' CUDA NF4 path, sampling and one round on the GPU. Skipped without CUDA.
+test-gpu: setup
+	TRITON_INTERPRET=0 $(VENV)/bin/pytest -m gpu_test tests/gpu $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
