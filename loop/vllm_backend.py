@@ -83,6 +83,11 @@ class VllmEngine:
     """An offline vLLM engine. UNTESTED on hardware."""
 
     def __init__(self, cfg: Config, base_dir: Path, seed: int):
+        import os
+
+        # The engine core in this process, not in a child that would outlive a killed stage holding GPU
+        # memory (sealong.loop.replicas sets the same for each replica).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as e:
