@@ -33,7 +33,7 @@ from pathlib import Path
 
 import sqlite_utils
 from sealong.loop.config import Config, config_from_dict, dump_config_toml
-from sealong.loop.errors import DataError, SealongError, StageFailed, WorkdirBusy
+from sealong.loop.errors import EXIT_FATAL, DataError, SealongError, StageFailed, WorkdirBusy
 from sealong.loop.launch import stage_command
 from sealong.loop.stages.base import STAGES, champion
 from sealong.loop.tasks.records import QuestionRecord
@@ -42,7 +42,6 @@ from sealong.store.artifacts import atomic_write_text, is_disk_full
 from sealong.store.db import Transaction, connect, dumps, log_event, one, rows
 
 LOCK_NAME = "controller.lock"
-EXIT_FATAL = 3
 STOP_GRACE_S = 10.0  # after SIGTERM, the stage process gets this long before SIGKILL
 
 

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+# A stage process's exit codes: retryable (the controller tries again) or fatal (a retry would repeat it).
+EXIT_RETRYABLE, EXIT_FATAL = 1, 3
+
+
+def exit_on_sigterm(signum, frame) -> None:
+    """A SIGTERM handler that unwinds like an exception, so `finally` blocks run before the exit."""
+    raise SystemExit(128 + signum)
+
 
 class SealongError(Exception):
     """Base class: an error a user can act on. Its message is printed as is, without a traceback."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sealong.loop.config import Config
-from sealong.loop.errors import SealongError, SetupError
+from sealong.loop.errors import EXIT_FATAL, SealongError, SetupError, exit_on_sigterm
 
 if TYPE_CHECKING:
     from sealong.loop.stages.base import StageContext
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 STOP_GRACE_S = 10.0  # after SIGTERM, replicas get this long before SIGKILL
 SIGTERM_GRACE_S = 3.0  # the same when the stage itself is being stopped (the controller waits 10 s)
-EXIT_FATAL = 3  # sealong.loop.stage_main's exit code for a failure a retry would repeat
 ENV = "SEALONG_REPLICA"  # "I/N" in a replica process
 VLLM_PORT_BASE, VLLM_PORT_STRIDE = 30000, 100
 
@@ -156,7 +155,7 @@ def run_replicas(ctx: StageContext, on_poll: Callable[[], None] = lambda: None, 
     gpus = visible_gpus() if gpus_per_replica(cfg, True) else []
     envs = replica_envs(cfg, dict(os.environ), gpus, os.cpu_count() or 1)
     procs: list[subprocess.Popen] = []
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         for i in range(n):
             failure_file(workdir, stage_id, i).unlink(missing_ok=True)
@@ -195,10 +194,6 @@ def run_replicas(ctx: StageContext, on_poll: Callable[[], None] = lambda: None, 
         "were stopped and what they committed is kept (the stage log holds each replica's output)",
         fatal=code == EXIT_FATAL,
     )
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:

@@ -41,7 +41,8 @@ import traceback
 import zlib
 from pathlib import Path
 
-EXIT_RETRYABLE, EXIT_FATAL = 1, 3
+from sealong.loop.errors import EXIT_FATAL, EXIT_RETRYABLE, exit_on_sigterm
+
 STAGE_LOCK = "stage.lock"
 STAGE_LOCK_WAIT_S = 60.0
 
@@ -70,10 +71,6 @@ def _die_with_parent(parent_pid: int) -> None:
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="controller-watchdog", daemon=True).start()
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _quiet_libraries() -> None:
@@ -201,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     lock_fd = None if replica else _stage_lock(workdir)  # held until this process (and its replicas) exit
     if replica:  # SIGTERM from the coordinator: unwind, so engines (vLLM) shut down their own processes
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
     _contain_writes(workdir, alone=not replica and "RANK" not in os.environ)
     db = connect(workdir)
     stage = one(db, "SELECT * FROM stages WHERE id = ?", (args.stage_id,))

@@ -192,10 +192,10 @@ def orpo_step_loss(
         ids, labels = _pad(seqs, width, pad_id).to(device), _pad(shifted, width, IGNORE).to(device)
         mask = _pad([[1] * len(s) for s in seqs], width, 0).to(device)
         if par.sp_size > 1:
-            from sealong.kernels.ring_attention import sequence_parallel, shard_indices
+            from sealong.kernels.ring_attention import shard_indices
 
             idx = shard_indices(width, par.sp_rank, par.sp_size, "zigzag").to(device)
-            with sequence_parallel(par.sp_group):
+            with _sp_context(par):
                 hidden = decoder(
                     input_ids=ids[:, idx], position_ids=idx.expand(len(seqs), -1)
                 ).last_hidden_state

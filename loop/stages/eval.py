@@ -42,6 +42,11 @@ def _done(ctx: StageContext, model_key: str) -> set[str]:
     }
 
 
+def _missing(ctx: StageContext, model_key: str, ids: set[str]) -> set[str]:
+    """Those of these question ids the store has no answer of this model to."""
+    return ids - _done(ctx, model_key)
+
+
 def evaluate_questions(
     ctx: StageContext,
     model_key: str,
@@ -116,15 +121,14 @@ def model_summary(ctx: StageContext, model_key: str) -> dict:
 
 def run(ctx: StageContext) -> None:
     questions, models = _eval_questions(ctx), _models(ctx)
-    total = len(questions) * len(models)
-    left = sum(len({q["id"] for q in questions} - _done(ctx, key)) for key, _ in models)
+    ids, total = {q["id"] for q in questions}, len(questions) * len(models)
+    left = sum(len(_missing(ctx, key, ids)) for key, _ in models)
     if ctx.cfg.sample.replicas > 1 and left:
         base_dir(ctx)  # converted once, here, before the replicas read it
         run_replicas(ctx, lambda: _poll(ctx, models, total))
     else:
         for i, (key, adapter) in enumerate(models):
-            before = len(_done(ctx, key) & {q["id"] for q in questions})
-            offset = i * len(questions) + before
+            offset = i * len(questions) + len(ids) - len(_missing(ctx, key, ids))
             evaluate_questions(
                 ctx,
                 key,
@@ -133,7 +137,7 @@ def run(ctx: StageContext) -> None:
                 lambda k, note, offset=offset: ctx.progress(offset + k, total, "questions", note, force=True),
             )
     for key, _ in models:
-        missing = {q["id"] for q in questions} - _done(ctx, key)
+        missing = _missing(ctx, key, ids)
         if missing:  # a replica exited 0 without its share: never mark such a stage done
             raise SealongError(
                 f"{key}: {len(missing)} held-out question(s) have no answer, e.g. {min(missing)}"

