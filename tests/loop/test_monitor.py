@@ -34,7 +34,10 @@ from ..conftest import CLI, cli, write_config
 def tiny_ops_run(tmp_path_factory) -> Path:
     """A finished 2-round tiny run in which both candidates were promoted: base → adapter-r000 → adapter-r001.
 
-    Built once per session under pytest's base temp dir; tests must only read it (copy it to change it).
+    Built once per session under pytest's base temp dir, as a user would: `start` (one round, the config's
+    max_rounds), then `start --max-rounds 2` on the same workdir, which resumes the run for a second round.
+    The first start's output is kept beside it (first-start.txt). Tests must only read it (copy it to
+    change it).
     """
     root = tmp_path_factory.getbasetemp() / "ops-tiny-run"
     wd = root / "run"
@@ -43,7 +46,9 @@ def tiny_ops_run(tmp_path_factory) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     cfg = write_config(root / "c.toml", promote={"rule": "margin", "margin": -1.0})
-    cli("start", "--config", str(cfg), "--workdir", str(wd), "--max-rounds", "2", check=True)
+    first = cli("start", "--config", str(cfg), "--workdir", str(wd), check=True)
+    (root / "first-start.txt").write_text(first.stdout)
+    cli("start", "--workdir", str(wd), "--max-rounds", "2", check=True)
     (root / "DONE").write_text("ok")
     return wd
 

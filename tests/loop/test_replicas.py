@@ -1,6 +1,6 @@
-"""Data-parallel sample and eval stages (sample.replicas): how questions and devices are shared, and real
-runs on the tiny random Llama: two replica processes give the rows one process gives, even when a replica,
-its coordinator and the controller are killed on the way."""
+"""Data-parallel sample and eval stages (sample.replicas): how questions and devices are shared, per-replica
+settings, the replaced config key and fatal setup errors. A real replicated round, with kills, is in
+tests/reliability/test_faults.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ import pytest
 from sealong.loop.config import ConfigError, config_from_dict, load_config
 from sealong.loop.errors import SealongError
 from sealong.loop.replicas import ENV, gpus_per_replica, replica_envs, share
-from sealong.store.db import connect, one, rows
 
-from ..conftest import REPO, cli
-from ..reliability.conftest import reliability_config
-from ..reliability.harness import Fault, run_with_faults, summary_json
+from ..conftest import REPO
 
 
 def test_shares_partition_the_questions_in_a_fixed_order():
@@ -82,69 +79,3 @@ def test_the_old_vllm_data_parallel_key_points_to_its_replacement(tmp_path: Path
     for name in ("llama31-8b-8xh100.toml", "qwen25-7b-8xh100.toml"):
         cfg = load_config(REPO / "configs" / name, check_paths=False)
         assert cfg.sample.replicas * cfg.vllm.tensor_parallel_size == 8
-
-
-# -- real runs ------------------------------------------------------------------------------------------------
-
-SAMPLES = "SELECT question_id, sample_idx, text, n_tokens, seed FROM samples ORDER BY question_id, sample_idx"
-GREEDY = "SELECT question_id, text FROM greedy ORDER BY question_id"
-EVALS = "SELECT model_key, question_id, output, subem, truncated FROM evals ORDER BY model_key, question_id"
-
-
-def _config(path: Path, replicas: int) -> Path:
-    # eval batch 1: greedy answers then do not depend on which questions share a padded batch
-    return reliability_config(
-        path, train={"epochs": 1}, eval={"batch_size": 1}, sample={"replicas": replicas}
-    )
-
-
-def _tables(wd: Path) -> dict[str, list[tuple]]:
-    db = connect(wd, readonly=True)
-    return {q: [tuple(r.values()) for r in rows(db, q)] for q in (SAMPLES, GREEDY, EVALS)}
-
-
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("one-process")
-    wd = root / "run"
-    cli("start", "--config", str(_config(root / "c.toml", 1)), "--workdir", str(wd), "--plain", check=True)
-    return wd
-
-
-def test_two_replicas_give_the_rows_one_process_gives_through_kills(tmp_path: Path, one_process: Path):
-    """A replicated round, with a replica, its coordinator and the controller killed on the way, ends with
-    the samples, greedy answers and eval rows of one process that was never interrupted."""
-    faults = [
-        Fault("sample", 0, "progress", "child"),  # a replica SIGKILLs itself after committing a question
-        # the coordinator is killed: its replicas die with it
-        Fault("sample", 0, "timer", "child", delay=3.0),
-        Fault("eval", 0, "progress", "controller"),  # a replica SIGKILLs the controller
-    ]
-    cfg = reliability_config(
-        tmp_path / "c.toml",
-        train={"epochs": 1},
-        eval={"batch_size": 1},
-        sample={"replicas": 2},
-        run={"max_stage_retries": 3},  # two kills in one stage are retried, not a failed run
-    )
-    report = run_with_faults(tmp_path / "run", cfg, faults)
-    assert report.violations == [], summary_json(report)
-    assert report.finished, summary_json(report)
-    assert [f.label for f in report.faults if not f.fired] == [], summary_json(report)
-    assert _tables(report.workdir) == _tables(one_process)
-    db = connect(report.workdir, readonly=True)
-    started = rows(
-        db, "SELECT stage, COUNT(*) AS k FROM events WHERE message LIKE '% started (attempt %' GROUP BY stage"
-    )
-    assert {r["stage"]: r["k"] for r in started}["sample"] >= 3  # two kills, then the attempt that finished
-    assert len(report.lifetimes) == 2  # the controller was killed once, during eval
-    failed = rows(db, "SELECT message FROM events WHERE message LIKE 'sample failed: replica % of 2 exited%'")
-    assert failed, "the coordinator did not report the killed replica"
-    assert '"replicas": 2' in one(db, "SELECT output_json FROM stages WHERE name = 'sample'")["output_json"]
-    # two processes did the work, each its share
-    for verb in ("sampled", "answered"):
-        done = [
-            r["message"].split()
-            for r in rows(db, "SELECT message FROM events WHERE message LIKE ?", (f"replica %: {verb} %",))
-        ]
-        assert {m[1] for m in done} == {"0/2:", "1/2:"} and len({m[-1] for m in done}) >= 2, done

@@ -4,6 +4,7 @@ Round 0 ran whole (its candidate promoted: the champion is adapter-r000); round 
 paired, then the controller was killed (SIGKILL) as round 1's train stage started. Tests copy it and
 resume with a fault (NaN loss, full disk, corrupted champion, SIGTERM). The run is traced with strace when
 the machine allows it, with HOME and TMPDIR pointing at empty directories, for the write-confinement test.
+Its round 0 is also the uninterrupted reference of the replicated round in test_faults.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sealong.loop.models import prepare_base_model
 
 from ..conftest import CLI, TINY_CONFIG
 from .harness import make_config
@@ -28,11 +30,13 @@ TRACED_CALLS = (
 
 def reliability_config(path: Path, **sections) -> Path:
     """The tiny config, promoting every candidate (the lineage changes each round), checkpointing every
-    training step, 4 epochs (12 steps: long enough to be interrupted mid-training)."""
+    training step, 4 epochs (12 steps: long enough to be interrupted mid-training), eval batch 1 (a greedy
+    answer then does not depend on which questions share its padded batch)."""
     base = {
         "promote": {"rule": "margin", "margin": -1.0},
         "distributed": {"checkpoint_every": 1},
         "train": {"epochs": 4},
+        "eval": {"batch_size": 1},
     }
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
@@ -59,6 +63,8 @@ class PausedRun:
 def paused_at_round1_train(tmp_path_factory) -> PausedRun:
     root = tmp_path_factory.mktemp("paused")
     cfg = reliability_config(root / "c.toml")
+    # The session's model cache (tests/conftest.py) is filled first: the traced run then only reads it.
+    prepare_base_model("tiny-random-llama", root / "warm-cache")
     wd, sandbox = root / "run", root / "sandbox"
     for d in ("home", "tmp", "cwd"):
         (sandbox / d).mkdir(parents=True)

@@ -1,6 +1,7 @@
-"""Faults beyond kills, each resumed from a workdir paused at round 1's training (see conftest):
-a NaN loss, a corrupted champion adapter, a full disk (injected, on a tiny tmpfs under adapters/, and
-under the whole workdir), SIGTERM and `stop`, a hung stage, a second controller and a stale lock."""
+"""Faults beyond the kill campaign, most resumed from a workdir paused at round 1's training (see conftest):
+kill -9 of the controller mid-training, a NaN loss, a corrupted champion adapter, a full disk (injected, on
+a tiny tmpfs under adapters/, and under the whole workdir), SIGTERM and `stop`, a hung stage, a second
+controller and a stale lock."""
 
 from __future__ import annotations
 
@@ -72,6 +73,44 @@ def _events(wd: Path) -> str:
 
 def _no_traceback(text: str) -> None:
     assert "Traceback" not in text, text[-3000:]
+
+
+# -- kill -9 -----------------------------------------------------------------------------------------------------
+
+
+def _dead(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_kill_9_of_the_controller_mid_training_then_resume(paused_copy: Path, tmp_path: Path):
+    """The controller is SIGKILLed while round 1 trains (its stage held after a step is recorded): the stage
+    process dies with it, and the next `start` finishes the round without redoing a finished stage."""
+    wd = paused_copy
+    attempts = {name: _stage(wd, name)["attempts"] for name in ("sample", "score", "pairs", "train")}
+    samples = rows(_db(wd), "SELECT * FROM samples ORDER BY id")
+    # The train stage stops after its first recorded step and ignores SIGTERM (it can only be killed).
+    first = _start_background(wd, _fault_env(tmp_path, "train#1:progress:hang"))
+    try:
+        _wait_for(lambda: any((tmp_path / "faults").iterdir()), what="round 1's training to record a step")
+        pid = _stage(wd, "train")["pid"]
+        assert _steps(wd) >= 1 and not _dead(pid)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        _wait_for(lambda: _dead(pid), 30, "the train process to die with its controller")
+    finally:
+        if first.poll() is None:
+            first.kill()
+    proc = cli("start", "--workdir", str(wd), "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _no_traceback(proc.stdout + proc.stderr)
+    assert "interrupted" in proc.stdout
+    assert one(_db(wd), "SELECT status FROM rounds WHERE idx = 1")["status"] == "done"
+    assert rows(_db(wd), "SELECT * FROM samples ORDER BY id") == samples  # not resampled, not rescored
+    for name in ("sample", "score", "pairs"):
+        assert _stage(wd, name)["attempts"] == attempts[name], name  # never redone
+    assert _stage(wd, "train")["attempts"] == attempts["train"] + 2  # the killed attempt, then the last
+    assert sorted(p.name for p in (wd / "adapters").iterdir()) == ["adapter-r000", "adapter-r001"]
+    assert verify(wd, finished=True) == []
 
 
 # -- NaN / inf loss ---------------------------------------------------------------------------------------------
@@ -273,6 +312,11 @@ def test_stop_request_and_sigterm_stop_at_safe_points_and_say_when(paused_copy: 
     assert one(_db(wd), "SELECT status FROM runs")["status"] == "stopped"
     assert _stage(wd, "eval")["status"] == "pending"
     assert verify(wd) == []
+    nothing = cli("stop", "--workdir", str(wd))
+    assert nothing.returncode == 2 and "no controller is running" in nothing.stderr
+    done = cli("start", "--workdir", str(wd), "--plain")
+    assert done.returncode == 0 and "finished: 2 round(s) done" in done.stdout, done.stdout + done.stderr
+    assert verify(wd, finished=True) == []
 
 
 def _fault_env(tmp_path: Path, spec: str) -> dict:
