@@ -230,7 +230,12 @@ def status(workdir: str, as_json: bool, watch: bool, interval: float) -> None:
     if watch and as_json:
         raise SealongError("--watch and --json do not go together; use --json alone for one snapshot")
     if watch:
+        import signal
+
         from sealong.loop.live import watch as watch_loop
+
+        if sys.stdin.isatty():  # Ctrl-C leaves, even when started from a shell that ignores SIGINT
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
         watch_loop(Path(workdir).resolve(), interval)
         return
