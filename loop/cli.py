@@ -234,8 +234,8 @@ def status(workdir: str, as_json: bool, watch: bool, interval: float) -> None:
 
         from sealong.loop.live import watch as watch_loop
 
-        if sys.stdin.isatty():  # Ctrl-C leaves, even when started from a shell that ignores SIGINT
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Ctrl-C (SIGINT) leaves, even when the shell that started it ignores SIGINT (a background job)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         watch_loop(Path(workdir).resolve(), interval)
         return
