@@ -132,8 +132,7 @@ def prepare_base_model(spec: str, workdir: str | Path, seed: int = 0) -> Path:
     cached = _valid_cache_entry(entry) if entry else None
     if cached:
         with atomic_dir(final) as tmp:
-            for f in cached.iterdir():
-                shutil.copy2(f, tmp / f.name)
+            shutil.copytree(cached, tmp, dirs_exist_ok=True)
         return final
     model, tok = _load_smollm2_from_gguf() if spec.startswith("bundled:") else build_tiny_random_llama(seed)
     with atomic_dir(final) as tmp:
@@ -183,11 +182,9 @@ def _fill_cache_entry(entry: Path, final: Path) -> None:
     is replaced. A cache that cannot be written is skipped: the run has its model either way."""
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_writers_temps(entry.parent)
-        if (
-            entry.exists()
-        ):  # damaged (a valid one was used instead of converting): move it aside, then drop it
-            aside = entry.with_name(f".tmp-{entry.name}-{os.getpid()}-old")
+        remove_stale_temps(entry.parent, keep_live_writers=True)  # other processes may be writing
+        if entry.exists():  # damaged (a valid one is used, not converted again): move it aside, then drop it
+            aside = entry.with_name(f".tmp-{entry.name}-{os.getpid()}")
             os.rename(entry, aside)
             shutil.rmtree(aside, ignore_errors=True)
         with atomic_dir(entry) as tmp:
@@ -195,21 +192,6 @@ def _fill_cache_entry(entry: Path, final: Path) -> None:
             (tmp / "manifest.json").write_text(json.dumps({"sha256": sha256_dir(tmp / "model")}))
     except OSError:
         pass
-
-
-def _remove_dead_writers_temps(root: Path) -> None:
-    """`.tmp-<name>-<pid>[-old]` leftovers whose writer is gone (other processes may be writing)."""
-    for p in root.glob(".tmp-*"):
-        pid = next((int(part) for part in reversed(p.name.split("-")) if part.isdigit()), None)
-        if pid is not None and pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # still alive
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def base_model_sha(path: Path) -> str:

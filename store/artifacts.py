@@ -97,16 +97,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete `.tmp-*` leftovers of killed writers. Returns what was removed."""
+def remove_stale_temps(directory: str | Path, keep_live_writers: bool = False) -> list[Path]:
+    """Delete `.tmp-*` leftovers of killed writers. Returns what was removed.
+
+    With keep_live_writers (a directory several processes write into), a temp whose name ends in the
+    pid of another running process (`.tmp-<name>-<pid>`, as atomic_dir names them) is left alone."""
     removed = []
     d = Path(directory)
     if not d.is_dir():
         return removed
     for p in d.glob(".tmp-*"):
+        if keep_live_writers and _writer_alive(p.name):
+            continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    pid = temp_name.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -51,13 +51,9 @@ def model_cache(tmp_path_factory):
     from sealong.loop.models import MODEL_CACHE_ENV
 
     d = tmp_path_factory.getbasetemp() / "model-cache"
-    before = os.environ.get(MODEL_CACHE_ENV)
-    os.environ[MODEL_CACHE_ENV] = str(d)
-    yield d
-    if before is None:
-        os.environ.pop(MODEL_CACHE_ENV, None)
-    else:
-        os.environ[MODEL_CACHE_ENV] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MODEL_CACHE_ENV, str(d))
+        yield d
 
 
 @pytest.fixture(scope="session")

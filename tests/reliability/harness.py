@@ -230,7 +230,8 @@ def _is_our_stage_process(pid: int, wd: Path) -> bool:
     return b"sealong.loop.stage_main" in argv and str(wd).encode() in argv
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether pid is a running process (not gone, not a zombie)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -390,7 +391,7 @@ def _stage_orphans(wd: Path, grace: float = 3.0) -> list[int]:
     while True:
         pids = []
         for d in Path("/proc").iterdir():
-            if d.name.isdigit() and _alive(int(d.name)) and _is_our_stage_process(int(d.name), wd):
+            if d.name.isdigit() and process_alive(int(d.name)) and _is_our_stage_process(int(d.name), wd):
                 pids.append(int(d.name))
         if not pids or time.monotonic() > end:
             return pids

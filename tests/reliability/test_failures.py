@@ -21,6 +21,7 @@ from sealong.store.artifacts import sha256_dir
 from sealong.store.db import connect, one, rows
 
 from ..conftest import CLI, cli, write_config
+from .harness import process_alive
 
 
 def _db(wd: Path):
@@ -78,10 +79,6 @@ def _no_traceback(text: str) -> None:
 # -- kill -9 -----------------------------------------------------------------------------------------------------
 
 
-def _dead(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-
-
 def test_kill_9_of_the_controller_mid_training_then_resume(paused_copy: Path, tmp_path: Path):
     """The controller is SIGKILLed while round 1 trains (its stage held after a step is recorded): the stage
     process dies with it, and the next `start` finishes the round without redoing a finished stage."""
@@ -93,10 +90,10 @@ def test_kill_9_of_the_controller_mid_training_then_resume(paused_copy: Path, tm
     try:
         _wait_for(lambda: any((tmp_path / "faults").iterdir()), what="round 1's training to record a step")
         pid = _stage(wd, "train")["pid"]
-        assert _steps(wd) >= 1 and not _dead(pid)
+        assert _steps(wd) >= 1 and process_alive(pid)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        _wait_for(lambda: _dead(pid), 30, "the train process to die with its controller")
+        _wait_for(lambda: not process_alive(pid), 30, "the train process to die with its controller")
     finally:
         if first.poll() is None:
             first.kill()
@@ -348,7 +345,7 @@ def test_a_stage_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path:
     assert proc.returncode == 0, out
     assert STOP_GRACE_S <= took < STOP_GRACE_S + 5
     assert f"sample did not exit {STOP_GRACE_S:.0f} s after SIGTERM; killing it" in _events(wd)
-    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    assert not process_alive(child)
     assert _stage(wd, "sample", 0)["status"] == "pending"
 
 
