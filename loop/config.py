@@ -136,6 +136,10 @@ class DistributedConfig:
         return self.nnodes * self.nproc_per_node
 
 
+# The LoRA ranks a vLLM engine accepts (vllm/config/lora.py); older releases stop at 256.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
 @dataclass
 class VllmConfig:
     tensor_parallel_size: int = 1  # GPUs per engine; sample.replicas engines use replicas × this many
@@ -143,6 +147,10 @@ class VllmConfig:
     max_lora_rank: int = 128
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
+    # Cascade attention reads a shared prompt's KV once per decode step for all N samples of a question
+    # (docs/SCALE.md, sampling). vLLM turned it off by default in 2026 (vllm-project/vllm#36318, numerical
+    # reports on some GPUs); false here lets vLLM's heuristic use it, true turns it off.
+    disable_cascade_attn: bool = False
     dtype: Literal["bfloat16", "float16", "auto"] = "bfloat16"
 
 
@@ -362,6 +370,12 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         "vllm",
         "max_lora_rank",
         f"must be >= train.lora_r = {cfg.train.lora_r} (got {v.max_lora_rank})",
+    )
+    need(
+        cfg.sample.backend != "vllm" or v.max_lora_rank in VLLM_LORA_RANKS,
+        "vllm",
+        "max_lora_rank",
+        f"must be one of vLLM's {', '.join(map(str, VLLM_LORA_RANKS))} (got {v.max_lora_rank})",
     )
     need(
         0 < v.gpu_memory_utilization <= 1,

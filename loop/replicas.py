@@ -97,7 +97,9 @@ def replica_envs(
     threads = cfg.policy.threads or max(1, cpu_count // n)
     envs = []
     for i in range(n):
-        env = dict(base_env)
+        # vLLM's own data parallelism (VLLM_DP_*) is for MoE models and fails on dense ones; each replica
+        # here is a separate engine, so an inherited setting must not reach it
+        env = {k: v for k, v in base_env.items() if not k.startswith("VLLM_DP_")}
         env[ENV] = f"{i}/{n}"
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         if per:

@@ -69,15 +69,17 @@ class VllmSampler:
         from sealong.loop.vllm_backend import sampling_kwargs
 
         s = self.cfg.sample
-        # One request per question (n = N shares its prefill); per-question seeds keep reruns reproducible.
-        return [
-            self.engine.generate(
-                [p],
-                sampling_kwargs(s.n, s.temperature, s.top_p, s.max_new_tokens, seed, self.stop),
-                self.adapter,
-            )[0]
-            for p, seed in zip(prompts, seeds)
+        params = [
+            sampling_kwargs(s.n, s.temperature, s.top_p, s.max_new_tokens, seed, self.stop) for seed in seeds
         ]
+        if self.cfg.vllm.disable_cascade_attn:
+            # Without cascade attention one question at a time re-reads its prefix KV per stream each step;
+            # the chunk's questions in flight together (continuous batching) cost less (docs/SCALE.md §3.2)
+            return self.engine.generate(prompts, params, self.adapter)
+        # One question per call: its N streams are all that runs, so cascade attention reads the shared
+        # prefix once per step. One request with n = N shares the prefill; per-question seeds keep reruns
+        # reproducible.
+        return [self.engine.generate([p], kw, self.adapter)[0] for p, kw in zip(prompts, params)]
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         from sealong.loop.vllm_backend import sampling_kwargs

@@ -77,6 +77,7 @@ def sample_n(
         temperature=temperature,
         top_p=top_p,
         top_k=0,
+        repetition_penalty=1.0,  # not the model's generation-config default: vLLM's explicit params ignore it
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -118,5 +119,6 @@ def greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
         temperature=None,
         top_p=None,
         top_k=None,
+        repetition_penalty=1.0,
     )
     return _decode(tokenizer, out[:, width:])

@@ -79,16 +79,20 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _contain_writes(workdir: Path, alone: bool) -> None:
+def _contain_writes(workdir: Path, alone: bool, replica: int | None = None) -> None:
     """Point the libraries' temp and cache directories into the workdir, before they are imported: torch
-    creates $TMPDIR/torchinductor_<user> on import, and remote code (when allowed) is copied to a cache."""
+    creates $TMPDIR/torchinductor_<user> on import, and remote code (when allowed) is copied to a cache.
+    Each data-parallel replica compiles into its own vLLM and inductor caches: engines that start at once
+    and compile into one cache can race (vllm-project/vllm#24601)."""
     tmp = workdir / "tmp"
     if alone:  # holding the stage lock, not a torchrun rank or a replica: clear what killed stages left
         shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True, exist_ok=True)
     cache = workdir / "cache"
+    own = cache if replica is None else cache / f"replica-{replica}"
     os.environ["TMPDIR"] = str(tmp)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "torchinductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(own / "torchinductor")
+    os.environ["VLLM_CACHE_ROOT"] = str(own / "vllm")
     os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
     os.environ["HF_MODULES_CACHE"] = str(cache / "hf_modules")
     os.environ["MPLCONFIGDIR"] = str(cache / "matplotlib")
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     lock_fd = None if replica else _stage_lock(workdir)  # held until this process (and its replicas) exit
     if replica:  # SIGTERM from the coordinator: unwind, so engines (vLLM) shut down their own processes
         signal.signal(signal.SIGTERM, exit_on_sigterm)
-    _contain_writes(workdir, alone=not replica and "RANK" not in os.environ)
+    _contain_writes(workdir, alone=not replica and "RANK" not in os.environ, replica=args.replica)
     db = connect(workdir)
     stage = one(db, "SELECT * FROM stages WHERE id = ?", (args.stage_id,))
     if stage["status"] == "done":

@@ -3,7 +3,9 @@
 The base weights are served in bf16 with `enable_lora`; the champion adapter rides along as a
 LoRARequest and is never merged into a quantised base. Every adapter version gets its own name and
 integer id (a same-name reload can reuse stale prefix-cache blocks). One request per question with
-n = N shares the long prompt's prefill across the N samples; prefix caching is on.
+n = N shares the long prompt's prefill across the N samples; prefix caching is on. vLLM splits such a
+request into N children seeded seed, seed + 1, …, seed + N - 1 (the seed recorded per sample is the
+question's). Token counts exclude the stop token, as the transformers backend counts them.
 
 The request-building functions are pure and tested without vLLM. `VllmEngine` needs vLLM and a CUDA
 GPU and is UNTESTED until it has run on one (no GPU was available where this was written).
@@ -43,6 +45,7 @@ def engine_kwargs(cfg: Config, base_dir: Path, seed: int) -> dict[str, Any]:
         "max_lora_rank": v.max_lora_rank,
         "max_loras": 1,
         "enable_prefix_caching": v.enable_prefix_caching,
+        "disable_cascade_attn": v.disable_cascade_attn,
         "tensor_parallel_size": v.tensor_parallel_size,
         "max_model_len": v.max_model_len,
         "gpu_memory_utilization": v.gpu_memory_utilization,
@@ -98,8 +101,12 @@ class VllmEngine:
         self.llm = LLM(**engine_kwargs(cfg, base_dir, seed))
 
     def generate(
-        self, prompts: list[list[int]], params: dict[str, Any], adapter: AdapterRef | None
+        self,
+        prompts: list[list[int]],
+        params: dict[str, Any] | list[dict[str, Any]],
+        adapter: AdapterRef | None,
     ) -> list[list[Completion]]:
+        """Completions per prompt; `params` for all prompts, or a list with one per prompt."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
@@ -107,8 +114,17 @@ class VllmEngine:
         lora = LoRARequest(adapter.name, adapter.int_id, adapter.path) if adapter else None
         outs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            SamplingParams(**params),
+            [SamplingParams(**p) for p in params] if isinstance(params, list) else SamplingParams(**params),
             lora_request=lora,
             use_tqdm=False,
         )
-        return [[Completion(c.text.strip(), len(c.token_ids)) for c in o.outputs] for o in outs]
+        return [[completion(c) for c in o.outputs] for o in outs]
+
+
+def completion(c: Any) -> Completion:
+    """A vLLM CompletionOutput as a Completion. vLLM keeps the EOS or stop-token id that ended a sequence in
+    `token_ids` (finish_reason "stop" with stop_reason None or that int; a stop string gives a str)."""
+    n = len(c.token_ids)
+    if c.finish_reason == "stop" and not isinstance(c.stop_reason, str) and n:
+        n -= 1
+    return Completion(c.text.strip(), n)

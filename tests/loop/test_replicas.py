@@ -36,6 +36,9 @@ def test_vllm_replicas_get_disjoint_tensor_parallel_slices_of_the_visible_gpus()
     assert [e["VLLM_PORT"] for e in envs] == ["30000", "30100"]  # each engine scans its own port range
     assert all(e["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" for e in envs)  # no engine child to orphan
     assert replica_envs(cfg, {"VLLM_PORT": "41000"}, ["0", "1", "2", "3"], 16)[1]["VLLM_PORT"] == "41100"
+    # vLLM's own data parallelism (dense models refuse it) is not inherited; other settings are
+    inherited = replica_envs(cfg, {"VLLM_DP_SIZE": "8", "HF_HOME": "/h"}, ["0", "1", "2", "3"], 16)
+    assert all("VLLM_DP_SIZE" not in e and e["HF_HOME"] == "/h" for e in inherited)
     eight = _cfg(sample={"backend": "vllm", "replicas": 8})
     envs = replica_envs(eight, {}, [str(i) for i in range(8)], cpu_count=64)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == [str(i) for i in range(8)]
