@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-gpu lint bench clean
+.PHONY: setup demo test test-fast test-gpu device-kit lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: setup
 # Triton kernels, bitsandbytes' CUDA NF4 path, sampling and one round on the GPU. Skipped without CUDA.
 test-gpu: setup
 	TRITON_INTERPRET=0 $(VENV)/bin/pytest -m gpu_test tests/gpu $(PYTEST_ARGS)
+
+# The GPU check's kit for a machine with no package index (README "Benchmarks"; bench/device_check.sh).
+device-kit: setup
+	$(PY) -P bench/device_kit.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -7,8 +7,11 @@ The GPU acceptance check of issue 4, runnable on the CPU too (same code, `--devi
   train   QLoRA ORPO steps: NF4 base through bitsandbytes (its CUDA backend on a GPU), bf16 compute on a
           GPU (fp32 on the CPU), LoRA on every attention and MLP projection, the fused token-chunked loss,
           pairs = MBR best vs worst of the sampled answers.
-Model: the bundled SmolLM2-135M-Instruct. Questions: the synthetic multi-hop tasks. Rows go to
-bench/results.csv (bench = device_pass); a Markdown table is printed for bench/RESULTS.md.
+Models: the bundled SmolLM2-135M-Instruct and all-MiniLM-L6-v2, or local directories (--policy,
+--embedder; on the GPU machine the kit's same-shape models with random weights, see bench/device_kit.py).
+Questions: the synthetic multi-hop tasks. Rows go to bench/results.csv (or --csv; bench = device_pass),
+each phase's row is printed as soon as it ends, and a failing phase is reported and the others still run
+(exit 1 if any failed).
 
     .venv/bin/python -P bench/bench_device_pass.py                # device auto: CUDA if there is one
     .venv/bin/python -P bench/bench_device_pass.py --device cpu --quick
@@ -61,13 +64,20 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--context-tokens", type=int, default=1000)
     ap.add_argument("--train-steps", type=int, default=4)
+    ap.add_argument(
+        "--policy", default="bundled:smollm2-135m-instruct", help="policy spec or model directory"
+    )
+    ap.add_argument("--embedder", default="bundled:all-minilm-l6-v2", help="embedder spec or directory")
+    ap.add_argument("--csv", type=Path, default=None, help="append rows here instead of bench/results.csv")
     ap.add_argument("--quick", action="store_true", help="2 questions, N=4, 16 new tokens, 1 step")
     ap.add_argument("--no-csv", action="store_true", help="print only (tests)")
     args = ap.parse_args()
     if args.quick:
         args.questions, args.n, args.new_tokens, args.context_tokens, args.train_steps = 2, 4, 16, 200, 1
 
+    import importlib.util
     import tempfile
+    import traceback
 
     import torch
     from sealong.kernels import mbr
@@ -91,7 +101,16 @@ def main() -> None:
     ctx_range = (args.context_tokens // 2, args.context_tokens)
     train_q = generate(args.questions, 0, "train", [1, 2], *ctx_range)
     eval_q = generate(args.questions, 0, "eval", [1, 2], *ctx_range)
-    rows, table = [], []
+    rows, table, failed = [], [], []
+    header = ["phase", "seconds", "tokens", "tok/s", "peak MiB", "notes"]
+    policy_name = Path(args.policy).name if not args.policy.startswith("bundled:") else args.policy[8:]
+    random_weights = Path(args.policy, "RANDOM_WEIGHTS").is_file()
+    case = (
+        f"{policy_name}{' (random weights)' if random_weights else ''} {device.type} {dtype} "
+        f"q={args.questions} N={args.n} new={args.new_tokens} ctx<={args.context_tokens}"
+    )
+    where = harness.gpu_name() if device.type == "cuda" else "CPU"
+    print(f"one pass of the loop on {where} ({case})", flush=True)
 
     def record(phase: str, p: Phase, tokens: int, extra: str = "") -> None:
         rate = tokens / p.seconds if p.seconds else 0.0
@@ -102,82 +121,109 @@ def main() -> None:
         ):
             rows.append({"case": case, "variant": phase, "metric": metric, "value": value, "unit": unit})
         table.append([phase, f"{p.seconds:.2f}", f"{tokens}", f"{rate:.1f}", f"{p.peak_mib:.0f}", extra])
+        print(
+            "  ".join(f"{h}={v}" for h, v in zip(header, table[-1])), flush=True
+        )  # kept if a later one dies
 
-    case = (
-        f"smollm2-135m {device.type} {dtype} q={args.questions} N={args.n} new={args.new_tokens} "
-        f"ctx<={args.context_tokens}"
-    )
+    def phase_failed(phase: str) -> None:
+        failed.append(phase)
+        print(f"PHASE FAILED: {phase}", flush=True)
+        traceback.print_exc()
+
+    if device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is None:
+        print("bitsandbytes is not importable: the train phase (NF4 on CUDA) will fail", flush=True)
+
     with tempfile.TemporaryDirectory() as wd:
-        base = prepare_base_model("bundled:smollm2-135m-instruct", wd)
+        base = prepare_base_model(args.policy, wd)
         tok = load_tokenizer(base)
         prompts = [build_prompt(tok, q.context, q.question, PLAN_AND_SOLVE, 4096).input_ids for q in train_q]
-        policy = load_policy(base, None, dtype, device=args.device)
-        with Phase(device) as p:
-            samples = [
-                sample_n(policy, tok, ids, args.n, 0.7, 1.0, args.new_tokens, seed=i)
-                for i, ids in enumerate(prompts)
+        samples: list = []
+        try:
+            policy = load_policy(base, None, dtype, device=args.device)
+            with Phase(device) as p:
+                samples = [
+                    sample_n(policy, tok, ids, args.n, 0.7, 1.0, args.new_tokens, seed=i)
+                    for i, ids in enumerate(prompts)
+                ]
+            record(
+                "sample",
+                p,
+                sum(c.n_tokens for s in samples for c in s),
+                f"{sum(len(ids) for ids in prompts)} prompt tokens",
+            )
+            eval_prompts = [
+                build_prompt(tok, q.context, q.question, PLAN_AND_SOLVE, 4096).input_ids for q in eval_q
             ]
-        record(
-            "sample",
-            p,
-            sum(c.n_tokens for s in samples for c in s),
-            f"{sum(len(ids) for ids in prompts)} prompt tokens",
-        )
+            with Phase(device) as p:
+                greedy = []
+                for i in range(0, len(eval_prompts), 4):
+                    greedy += greedy_batch(policy, tok, eval_prompts[i : i + 4], args.new_tokens)
+            score = 100 * sum(subem(g.text, q.answers) for g, q in zip(greedy, eval_q)) / len(eval_q)
+            record("eval", p, sum(g.n_tokens for g in greedy), f"SubEM {score:.1f} on {len(eval_q)}")
+            del policy
+        except Exception:
+            phase_failed("sample/eval")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
-        eval_prompts = [
-            build_prompt(tok, q.context, q.question, PLAN_AND_SOLVE, 4096).input_ids for q in eval_q
-        ]
-        with Phase(device) as p:
-            greedy = []
-            for i in range(0, len(eval_prompts), 4):
-                greedy += greedy_batch(policy, tok, eval_prompts[i : i + 4], args.new_tokens)
-        score = 100 * sum(subem(g.text, q.answers) for g, q in zip(greedy, eval_q)) / len(eval_q)
-        record("eval", p, sum(g.n_tokens for g in greedy), f"SubEM {score:.1f} on {len(eval_q)}")
-        del policy
+        scores: list[float] = []
+        try:
+            if not samples:
+                raise RuntimeError("no samples to score (the sample phase failed)")
+            embedder = load_embedder(args.embedder, device=args.device)
+            texts = [c.text for s in samples for c in s]
+            with Phase(device) as p:
+                emb = embedder.encode(texts, batch_size=64, convert_to_tensor=True).float()
+                scores = mbr.mbr_scores(emb, [len(s) for s in samples], backend="auto").tolist()
+            backend = "triton" if emb.is_cuda else "torch reference"
+            record("score", p, 0, f"{len(texts)} answers, {backend}")
+            del embedder
+        except Exception:
+            phase_failed("score")
 
-        embedder = load_embedder("bundled:all-minilm-l6-v2")
-        texts = [c.text for s in samples for c in s]
-        with Phase(device) as p:
-            emb = embedder.encode(texts, batch_size=64, convert_to_tensor=True).float()
-            scores = mbr.mbr_scores(emb, [len(s) for s in samples], backend="auto").tolist()
-        backend = "triton" if emb.is_cuda else "torch reference"
-        record("score", p, 0, f"{len(texts)} answers, {backend}")
-        del embedder
+        try:
+            pairs, k = [], 0
+            for ids, s in zip(prompts, samples):
+                qs = scores[k : k + len(s)] if scores else [0.0] * len(s)
+                k += len(s)
+                best, worst = max(range(len(s)), key=qs.__getitem__), min(range(len(s)), key=qs.__getitem__)
+                worst = worst if worst != best else (best + 1) % len(s)
+                c_ids, c_lab = encode_response(tok, ids, s[best].text, 2048)
+                r_ids, r_lab = encode_response(tok, ids, s[worst].text, 2048)
+                pairs.append(PairExample(c_ids, c_lab, r_ids, r_lab))
+            if not pairs:  # the sample phase failed: train on the prompts with fixed answers instead
+                for ids, q in zip(prompts, train_q):
+                    c_ids, c_lab = encode_response(tok, ids, q.answers[0], 2048)
+                    r_ids, r_lab = encode_response(tok, ids, "I do not know.", 2048)
+                    pairs.append(PairExample(c_ids, c_lab, r_ids, r_lab))
+            cfg = TrainConfig(
+                quantize="nf4", lora_r=16, lora_alpha=32, loss="fused", gradient_checkpointing=True
+            )
+            model = add_lora(load_causal_lm(base, dtype, "nf4", device=args.device), cfg, None)
+            params = [q for q in model.parameters() if q.requires_grad]
+            opt = torch.optim.AdamW(params, lr=cfg.lr)
+            model.train()
+            n_tok, losses = 0, []
+            with Phase(device) as p:
+                for step in range(args.train_steps):
+                    out, t = orpo_step_loss(
+                        model, [pairs[step % len(pairs)]], cfg.beta, "fused", tok.pad_token_id
+                    )
+                    out.loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    n_tok, losses = n_tok + t, losses + [round(out.loss.item(), 4)]
+            quantised = type(model.get_base_model().model.layers[0].mlp.down_proj.base_layer).__name__
+            record("train", p, n_tok, f"{args.train_steps} step(s), loss {losses}, base layers {quantised}")
+        except Exception:
+            phase_failed("train")
 
-        pairs, k = [], 0
-        for ids, s in zip(prompts, samples):
-            qs = scores[k : k + len(s)]
-            k += len(s)
-            best, worst = max(range(len(s)), key=qs.__getitem__), min(range(len(s)), key=qs.__getitem__)
-            c_ids, c_lab = encode_response(tok, ids, s[best].text, 2048)
-            r_ids, r_lab = encode_response(tok, ids, s[worst].text, 2048)
-            pairs.append(PairExample(c_ids, c_lab, r_ids, r_lab))
-        cfg = TrainConfig(quantize="nf4", lora_r=16, lora_alpha=32, loss="fused", gradient_checkpointing=True)
-        model = add_lora(load_causal_lm(base, dtype, "nf4", device=args.device), cfg, None)
-        params = [q for q in model.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr)
-        model.train()
-        n_tok, losses = 0, []
-        with Phase(device) as p:
-            for step in range(args.train_steps):
-                out, t = orpo_step_loss(
-                    model, [pairs[step % len(pairs)]], cfg.beta, "fused", tok.pad_token_id
-                )
-                out.loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                n_tok, losses = n_tok + t, losses + [round(out.loss.item(), 4)]
-        quantised = type(model.get_base_model().model.layers[0].mlp.down_proj.base_layer).__name__
-        record("train", p, n_tok, f"{args.train_steps} step(s), loss {losses}, base layers {quantised}")
-
-    if not args.no_csv:
-        harness.append_rows("device_pass", rows)
-    harness.print_table(
-        f"one pass of the loop on {harness.gpu_name() if device.type == 'cuda' else 'CPU'} ({case})",
-        ["phase", "seconds", "tokens", "tok/s", "peak MiB", "notes"],
-        table,
-    )
-    print(json.dumps({"device": str(device), "phases": {r[0]: float(r[1]) for r in table}}))
+    if not args.no_csv and rows:
+        harness.append_rows("device_pass", rows, csv_path=args.csv)
+    harness.print_table(f"one pass of the loop on {where} ({case})", header, table)
+    print(json.dumps({"device": str(device), "phases": {r[0]: float(r[1]) for r in table}, "failed": failed}))
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

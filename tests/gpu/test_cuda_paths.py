@@ -68,7 +68,23 @@ def test_fused_orpo_on_cuda_matches_naive(shape, dtype, tol):
         assert_close(a, b, tol, tol, name)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_liger_orpo_on_cuda_matches_its_convention(dtype, tol):
+    """Liger's chunked ORPO (torch.compile'd on CUDA) against the reference in Liger's convention."""
+    pytest.importorskip("liger_kernel")
+    from sealong.kernels.orpo import orpo_loss, orpo_loss_reference_liger_convention
+
+    args = [t.detach().cuda().requires_grad_(t.requires_grad) if t.is_floating_point() else t.cuda()
+            for t in make_pair(3, 47, 39, 64, 4099, dtype=dtype)]  # fmt: skip
+    got, g_got = loss_and_grads(orpo_loss, *args, backend="liger")
+    want, g_want = loss_and_grads(orpo_loss_reference_liger_convention, *args)
+    assert_close(got.loss, want.loss, tol, tol, "loss")
+    for a, b, name in zip(g_got, g_want, ("hidden_chosen", "hidden_rejected", "weight")):
+        assert_close(a, b, tol, tol, name)
+
+
 def test_qlora_orpo_step_on_cuda_nf4(tiny_model_dir: Path):
+    pytest.importorskip("bitsandbytes")
     from sealong.loop.config import TrainConfig
     from sealong.loop.models import load_causal_lm
     from sealong.loop.training import PairExample, add_lora, lora_parameters, orpo_step_loss
@@ -106,6 +122,11 @@ def test_sampling_and_greedy_on_cuda(tiny_model_dir: Path):
 
 def test_one_round_with_the_policy_on_the_gpu(tmp_path: Path):
     wd = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.toml", policy={"device": "auto", "threads": 0})
-    proc = cli("start", "--config", str(cfg), "--workdir", str(wd), "--plain", check=True, timeout=900)
+    # SEALONG_TEST_EMBEDDER: a local embedder directory where the bundled one is not installed (the GPU
+    # check's kit, bench/device_kit.py)
+    embedder = os.environ.get("SEALONG_TEST_EMBEDDER", "bundled:all-minilm-l6-v2")
+    cfg = write_config(
+        tmp_path / "c.toml", policy={"device": "auto", "threads": 0}, embedder={"model": embedder}
+    )
+    proc = cli("start", "--config", str(cfg), "--workdir", str(wd), "--plain", check=True, timeout=420)
     assert "finished: 1 round(s) done" in proc.stdout

@@ -83,3 +83,24 @@ def test_an_unwritable_cache_does_not_fail_the_conversion(tmp_path, monkeypatch)
     monkeypatch.setenv(models.MODEL_CACHE_ENV, str(blocker / "cache"))
     base = models.prepare_base_model("tiny-random-llama", tmp_path / "a")
     assert (base / "config.json").is_file()
+
+
+def test_smollm2_tokenizer_from_a_directory_instead_of_the_gguf(tmp_path, monkeypatch, tiny_model):
+    """SEALONG_SMOLLM2_TOKENIZER (the GPU check's kit, which cannot carry the GGUF): the tiny Llama is
+    built with the tokenizer in that directory, the same tokenizer as the GGUF's, and no cache entry is
+    keyed on a GGUF that the machine may not have."""
+    _, gguf_tok = tiny_model
+    saved = tmp_path / "tok"
+    gguf_tok.save_pretrained(saved)
+    monkeypatch.setenv(models.SMOLLM2_TOKENIZER_ENV, str(saved))
+    monkeypatch.setenv(models.MODEL_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_GGUF_TOKENIZER", [])
+    monkeypatch.setattr(models, "bundled_smollm2_dir", lambda: pytest.fail("read the GGUF"))
+    assert models.model_cache_entry("tiny-random-llama", 0) is None
+    base = models.prepare_base_model("tiny-random-llama", tmp_path / "wd")
+    tok = models.load_tokenizer(base)
+    text = "Plan: find where Ada was born. <|im_end|>"
+    assert (
+        tok(text)["input_ids"] == gguf_tok(text)["input_ids"] and tok.chat_template == gguf_tok.chat_template
+    )
+    assert not (tmp_path / "cache").exists()
