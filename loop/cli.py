@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from sealong.loop.config import DEFAULT_CONFIG, load_config
-from sealong.loop.errors import SealongError
+from sealong.loop.errors import EXIT_FAILED, EXIT_STOPPED, SealongError
 
 WORKDIR_HELP = "Run directory holding the database, adapters and logs. Default: runs/<run name> (start) or runs/tiny-cpu."
 
@@ -46,6 +47,7 @@ def _default_workdir(workdir: str | None, cfg_name: str = "tiny-cpu") -> Path:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sealong-loop", prog_name="sealong-loop")
 def cli() -> None:
     """sealong-loop: a self-improvement daemon for long-context reasoning (SEALONG).
 
@@ -92,7 +94,7 @@ def start(
 
     Example: sealong-loop start --config configs/tiny-cpu.toml --workdir runs/demo --max-rounds 1
     """
-    from sealong.loop.controller import Controller, holder_pid, load_stored_config
+    from sealong.loop.controller import Controller, check_config_matches, holder_pid, load_stored_config
     from sealong.loop.live import LiveUI, PlainUI
     from sealong.store.db import connect, db_path
 
@@ -101,28 +103,46 @@ def start(
         config_path = str(DEFAULT_CONFIG)
     cfg = load_config(config_path) if config_path else None
     wd = (wd or _default_workdir(None, cfg.run.name if cfg else "tiny-cpu")).resolve()
+    if wd.exists() and not wd.is_dir():
+        raise SealongError(f"--workdir {wd} is a file, not a directory")
     pid = holder_pid(wd)
     if pid:
         raise SealongError(
             f"a controller (pid {pid}) is already running on {wd}; "
             f"watch it with `sealong-loop status --workdir {wd}` or stop it with `sealong-loop stop --workdir {wd}`"
         )
+    questions = None
+    if cfg is not None and not db_path(wd).exists():
+        # A new run: read its questions before anything is created, so bad data leaves no workdir behind
+        from sealong.loop.controller import questions_for
+
+        questions = questions_for(cfg)
     if detach:
         _detach(config_path, wd, max_rounds)
         return
     db = connect(wd)
     if cfg is None:
         cfg = load_stored_config(db, wd)
+    check_config_matches(db, cfg, wd)  # before any output: a refusal is the only thing printed
     console = _console()
     live_view = console.is_terminal and not plain
     ui = LiveUI(wd, console) if live_view else PlainUI(wd, console)
-    console.print(f"sealong-loop: run '{cfg.run.name}' in {wd}  (config {cfg.source_path})")
+    source = "its stored config" if cfg.source_path == "<stored>" else f"config {cfg.source_path}"
+    console.print(f"sealong-loop: run '{cfg.run.name}' in {wd}  ({source})")
     controller = Controller(wd, cfg, max_rounds, on_tick=ui.tick)
+    controller.questions = questions
     with ui:
         status = controller.run()
+    if controller.already_finished:
+        console.print(
+            "nothing to do: this run had already finished; add rounds with "
+            f"`sealong-loop start --workdir {wd} --max-rounds N` (N > the rounds done)"
+        )
     ui.final()
     if status == "failed":
-        sys.exit(3)
+        sys.exit(EXIT_FAILED)
+    if status == "stopped":  # resumable; 130 is the shell's code for Ctrl-C
+        sys.exit(130 if controller.stop_signal == signal.SIGINT else EXIT_STOPPED)
 
 
 def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
@@ -164,7 +184,6 @@ def stop(workdir: str, now: bool) -> None:
 
     Example: sealong-loop stop --workdir runs/demo
     """
-    import signal
 
     from sealong.loop.controller import holder_pid
     from sealong.store.db import connect, one
@@ -210,7 +229,7 @@ def _echo_json(obj) -> None:
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1, max=1.0),
+    type=click.FloatRange(min=0.1, max=60.0),
     default=1.0,
     show_default=True,
     help="Seconds between refreshes with --watch.",
@@ -322,7 +341,12 @@ def report(workdir: str, out: str | None) -> None:
 
     wd, db = _readonly_db(workdir)
     target = Path(out) if out else wd / "report"
-    written = write_report(db, target)
+    if target.exists() and not target.is_dir():
+        raise SealongError(f"--out {target} is a file; give a directory (it is created if missing)")
+    try:
+        written = write_report(db, target)
+    except OSError as e:
+        raise SealongError(f"cannot write the report to {target}: {e.strerror or e}") from None
     click.echo(f"wrote {len(written)} files to {target}: " + ", ".join(p.name for p in written))
 
 
@@ -388,8 +412,9 @@ def doctor(config_path: str | None, as_json: bool) -> None:
     """What this machine can run (Python, torch, CUDA GPUs, optional packages) and what a config needs.
 
     Lists every requirement of the config (GPUs for vLLM and sequence parallelism, vllm, flash-attn and
-    ring-flash-attn, bitsandbytes for NF4, model and data paths) as ok or MISSING, with the fix. Exits 1
-    when something is missing, so it can gate a launch script. Touches no network and loads no model.
+    ring-flash-attn, bitsandbytes for NF4, model and data paths) as ok, MISSING or OPTIONAL (a faster
+    path with a working fallback), with the fix. Exits 1 when something is MISSING, so it can gate a
+    launch script. Touches no network and loads no model.
 
     Example: sealong-loop doctor --config configs/llama31-8b-8xh100.toml
     """
@@ -401,12 +426,14 @@ def doctor(config_path: str | None, as_json: bool) -> None:
     p = probe()
     if as_json:
         checks = needs(cfg, p)
-        ready = all(ok for _, ok, _ in checks)
+        ready = all(ok or optional for _, ok, _, optional in checks)
         _echo_json(
             {
                 "probe": asdict(p),
                 "config": str(cfg.source_path),
-                "checks": [{"need": w, "ok": ok, "fix": fix} for w, ok, fix in checks],
+                "checks": [
+                    {"need": w, "ok": ok, "fix": fix, "optional": optional} for w, ok, fix, optional in checks
+                ],
                 "ready": ready,
             }
         )
@@ -452,6 +479,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line, like every other error, with where to read more
+        cmd = e.ctx.command_path if e.ctx else "sealong-loop"
+        click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

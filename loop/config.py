@@ -254,6 +254,17 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
             p.append((section, key, msg))
 
     r, s, t, d = cfg.run, cfg.sample, cfg.train, cfg.data
+    for section, spec, known in (
+        ("policy", cfg.policy.model, BUILTIN_POLICIES),
+        ("embedder", cfg.embedder.model, BUILTIN_EMBEDDERS),
+    ):
+        need(
+            not is_builtin_model(spec) or spec in known,
+            section,
+            "model",
+            f"unknown built-in model {spec!r}: {_did_you_mean(spec, known)}known: {', '.join(known)}, "
+            "or a local model directory",
+        )
     need(r.max_rounds >= 1, "run", "max_rounds", f"must be >= 1 (got {r.max_rounds})")
     need(r.patience >= 1, "run", "patience", f"must be >= 1 (got {r.patience})")
     need(r.max_stage_retries >= 0, "run", "max_stage_retries", f"must be >= 0 (got {r.max_stage_retries})")
@@ -405,8 +416,20 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
     return p
 
 
+# The models a spec can name without a directory (loop/models.py builds or converts them)
+BUILTIN_POLICIES = ("bundled:smollm2-135m-instruct", "tiny-random-llama")
+BUILTIN_EMBEDDERS = ("bundled:all-minilm-l6-v2",)
+
+
 def is_builtin_model(spec: str) -> bool:
     return spec.startswith("bundled:") or spec == "tiny-random-llama"
+
+
+def _did_you_mean(word: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def path_problems(cfg: Config) -> list[tuple[str, str, str]]:
@@ -497,7 +520,8 @@ def config_from_dict(
         if name not in SECTIONS:
             line = (_line_of(text, "", name) if not isinstance(value, dict) else None) if text else None
             problems.append(
-                f"{f'line {line}: ' if line else ''}{where(name)}: unknown section (known: {', '.join(SECTIONS)})"
+                f"{f'line {line}: ' if line else ''}{where(name)}: unknown section "
+                f"({_did_you_mean(name, SECTIONS)}known: {', '.join(SECTIONS)})"
             )
             continue
         if not isinstance(value, dict):
@@ -518,7 +542,7 @@ def config_from_dict(
                 problems.append(
                     f"{where(name, key)}: {moved}"
                     if moved
-                    else f"{where(name, key)}: unknown key (known: {', '.join(hints)})"
+                    else f"{where(name, key)}: unknown key ({_did_you_mean(key, hints)}known: {', '.join(hints)})"
                 )
                 continue
             bad = _type_problem(v, hints[key])
@@ -535,8 +559,14 @@ def config_from_dict(
         f"{where(s, k)}: {m}" for s, k, m in value_problems if not any(f"[{s}] {k}:" in q for q in problems)
     ]
     if problems:
-        raise ConfigError(path, problems)
+        raise ConfigError(path, sorted(problems, key=_line_key))
     return cfg
+
+
+def _line_key(problem: str) -> tuple[int, int]:
+    """Problems in file order: those with a line number by it, the others after them."""
+    m = re.match(r"line (\d+): ", problem)
+    return (0, int(m.group(1))) if m else (1, 0)
 
 
 def load_config(path: str | Path, check_paths: bool = True) -> Config:
@@ -555,6 +585,14 @@ def load_config(path: str | Path, check_paths: bool = True) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
+    if not raw:
+        raise ConfigError(
+            str(path),
+            [
+                "the file sets nothing (empty, or only comments); copy configs/tiny-cpu.toml and edit it, "
+                "or leave out --config to run the embedded default"
+            ],
+        )
     return config_from_dict(raw, str(path), text, check_paths)
 
 

@@ -105,7 +105,7 @@ def holder_pid(workdir: Path) -> int | None:
         os.close(fd)
 
 
-def _questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
+def questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
     """The training pool and the eval set, built once when a run is created."""
     from sealong.loop.tasks import synthetic
 
@@ -159,28 +159,45 @@ def _questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
     return [("train", q) for q in train] + [("eval", q) for q in evals]
 
 
-def ensure_run(db: sqlite_utils.Database, cfg: Config, workdir: Path, max_rounds: int | None) -> int:
-    """Create the workdir's run (config + questions) on first start; on resume check the config matches."""
+def check_config_matches(db: sqlite_utils.Database, cfg: Config, workdir: Path) -> None:
+    """A resumed run keeps the config it started with: refuse another one, saying where they differ."""
+    run = one(db, "SELECT config_json FROM runs ORDER BY id LIMIT 1")
+    if run is None or cfg.source_path == "<stored>":
+        return
+    stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml")).to_dict()
+    diff = [f"[{s}] {k}" for s, sec in cfg.to_dict().items() for k, v in sec.items() if stored[s][k] != v]
+    if diff:
+        rounds_hint = (
+            "; to change the number of rounds, resume without --config and with --max-rounds N"
+            if diff == ["[run] max_rounds"]
+            else ""
+        )
+        raise SealongError(
+            f"{workdir} holds a run started with a different config (differs in: {', '.join(diff[:6])}"
+            f"{', …' if len(diff) > 6 else ''}); resume it without --config, or use a new --workdir"
+            + rounds_hint
+        )
+
+
+def ensure_run(
+    db: sqlite_utils.Database,
+    cfg: Config,
+    workdir: Path,
+    max_rounds: int | None,
+    questions: list[tuple[str, QuestionRecord]] | None = None,
+) -> int:
+    """Create the workdir's run (config + questions, loaded here unless given) on first start; on resume
+    check the config matches."""
     run = one(db, "SELECT * FROM runs ORDER BY id LIMIT 1")
     if run is not None:
+        check_config_matches(db, cfg, workdir)
         stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml"))
-        if cfg.source_path != "<stored>" and stored.to_dict() != cfg.to_dict():
-            diff = [
-                f"[{s}] {k}"
-                for s, sec in cfg.to_dict().items()
-                for k, v in sec.items()
-                if stored.to_dict()[s][k] != v
-            ]
-            raise SealongError(
-                f"{workdir} holds a run started with a different config (differs in: {', '.join(diff[:6])}); "
-                f"resume it without --config, or use a new --workdir"
-            )
         if max_rounds is not None:
             db.execute("UPDATE runs SET max_rounds = ? WHERE id = ?", (max_rounds, run["id"]))
         if not (workdir / "config.toml").is_file():  # killed between creating the run and writing it
             atomic_write_text(workdir / "config.toml", dump_config_toml(stored))
         return run["id"]
-    questions = _questions_for(cfg)
+    questions = questions if questions is not None else questions_for(cfg)
     with Transaction(db):
         cur = db.execute(
             "INSERT INTO runs (name, config_json, config_path, created_at, max_rounds) VALUES (?, ?, ?, ?, ?)",
@@ -288,6 +305,9 @@ class Controller:
         self.child: subprocess.Popen | None = None
         self.db: sqlite_utils.Database | None = None
         self.run_id = 0
+        self.previous: dict | None = None  # the run's status and message before this start
+        self.questions: list | None = None  # a new run's questions, when the caller loaded them already
+        self.already_finished = False  # started again with nothing left to do
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -296,7 +316,8 @@ class Controller:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.db = connect(self.workdir)
-            self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds)
+            self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds, self.questions)
+            self.previous = one(self.db, "SELECT status, message FROM runs WHERE id = ?", (self.run_id,))
             self._recover()
             return self._loop()
         except (OSError, sqlite3.Error) as e:
@@ -420,6 +441,15 @@ class Controller:
                 return self._finish("stopped", "stopped on request; `sealong-loop start` resumes it")
             rnd = self._next_round()
             if isinstance(rnd, str):
+                prev = self.previous or {}
+                if prev.get("status") == "finished" and prev.get("message") == rnd:
+                    # started again with nothing left to do: say so once, without a second identical event
+                    self.already_finished = True
+                    self.db.execute(
+                        "UPDATE runs SET status = 'finished', finished_at = ?, message = ? WHERE id = ?",
+                        (time.time(), rnd, self.run_id),
+                    )
+                    return "finished"
                 return self._finish("finished", rnd)
             for st in rows(self.db, "SELECT * FROM stages WHERE round_id = ? ORDER BY seq", (rnd["id"],)):
                 if st["status"] == "done":
@@ -496,12 +526,16 @@ class Controller:
                 self.on_tick()
                 return
             if self.stop_now:
+                # An interruption the user asked for is not a failure: it does not count against the
+                # retry bound (a SIGKILLed controller cannot tell, so that attempt still counts)
                 self.db.execute(
-                    "UPDATE stages SET status = 'pending', pid = NULL WHERE id = ? AND status != 'done'",
+                    "UPDATE stages SET status = 'pending', pid = NULL, attempts = MAX(attempts - 1, 0) "
+                    "WHERE id = ? AND status != 'done'",
                     (st["id"],),
                 )
                 self._event(
-                    f"{name} interrupted by a stop signal; it will run again on resume",
+                    f"{name} interrupted by a stop signal; `sealong-loop start` resumes it"
+                    + (" (finished questions are kept)" if name in ("sample", "eval") else ""),
                     "warn",
                     rnd["id"],
                     name,
@@ -542,7 +576,7 @@ class Controller:
                 self.announced.add("request")
                 self._event(
                     f"stop requested: the run stops when {where} finishes{self._eta()}; "
-                    "`sealong-loop stop --now` interrupts it instead (it reruns on resume)",
+                    "`sealong-loop stop --now` interrupts it instead (`start` resumes it)",
                     "info",
                     rnd["id"],
                     name,
@@ -556,7 +590,7 @@ class Controller:
             sig = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal"
             self._event(
                 f"{sig} received: interrupting {where} (pid {self.child.pid}); the controller stops within "
-                f"{STOP_GRACE_S:.0f} s and the stage reruns on resume",
+                f"{STOP_GRACE_S:.0f} s and `sealong-loop start` resumes the stage",
                 "warn",
                 rnd["id"],
                 where.split()[0],

@@ -79,7 +79,12 @@ def render_header(s: MonitorState) -> Text:
 def _progress(st: dict[str, Any], now: float) -> tuple[ProgressBar, Text]:
     done, total = st["progress_done"], st["progress_total"]
     elapsed = now - (st["started_at"] or now)
-    eta = elapsed / done * (total - done) if done and total and done < total else None
+    # the rate of the phase in progress (its unit), from what it has done since it began: not the whole
+    # stage's time over a count that a resumed attempt or an earlier phase contributed to
+    since, done0 = st.get("progress_since"), st.get("progress_since_done") or 0
+    base_t, base_done = (since, done0) if since else (st["started_at"] or now, 0)
+    gained = done - base_done
+    eta = (now - base_t) / gained * (total - done) if gained > 0 and total and done < total else None
     bar = ProgressBar(total=max(total, 1), completed=min(done, total), width=40)
     count = f"{done:g}/{total:g} {st['progress_unit']}  {100 * done / total:.0f}%" if total else "starting"
     return bar, Text(f"  {count}   elapsed {fmt_secs(elapsed)}  ETA {fmt_secs(eta)}")
@@ -188,7 +193,11 @@ def render_now(s: MonitorState) -> Panel:
         best = f"\nchampion: {s.champion}" + (f", SubEM {champ:.1f}" if champ is not None else "")
         if champ is not None and base is not None and s.champion != "base":
             best += f" ({champ - base:+.1f} vs the base model's {base:.1f})"
-        return Panel(Text(f"FINISHED: {message}{best}"), title="finished", border_style="blue")
+        return Panel(
+            Text(f"FINISHED: {message.removeprefix('finished: ')}{best}"),
+            title="finished",
+            border_style="blue",
+        )
     return Panel(Text(f"{ph.upper()}: {message}"), title=ph, border_style="yellow")
 
 

@@ -77,12 +77,13 @@ def probe() -> Probe:
     return p
 
 
-def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str]]:
-    """(requirement, satisfied, how to fix) for everything the config uses."""
-    out: list[tuple[str, bool, str]] = []
+def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str, bool]]:
+    """(requirement, satisfied, how to fix, optional) for everything the config uses. An optional one
+    (a faster path with a working fallback) does not stop the config from running here."""
+    out: list[tuple[str, bool, str, bool]] = []
 
-    def need(what: str, ok: bool, fix: str) -> None:
-        out.append((what, ok, fix))
+    def need(what: str, ok: bool, fix: str, optional: bool = False) -> None:
+        out.append((what, ok, fix, optional))
 
     need("torch", p.torch is not None, "pip install torch")
     need(
@@ -137,6 +138,7 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str]]:
             "ring-flash-attn + flash-attn for sequence parallelism (else the torch ring attention, slower)",
             fast,
             "pip install flash-attn ring-flash-attn (CUDA only); without them the torch ring attention is used",
+            optional=True,
         )
     if cfg.train.quantize == "nf4":
         need(
@@ -178,13 +180,18 @@ def report(cfg: Config | None, p: Probe) -> tuple[list[str], bool]:
     checks = needs(cfg, p)
     lines.append(f"config {cfg.source_path} needs:")
     lines += [
-        f"  [{'ok' if ok else 'MISSING'}] {what}" + ("" if ok else f" — {fix}") for what, ok, fix in checks
+        f"  [{'ok' if ok else 'OPTIONAL' if optional else 'MISSING'}] {what}" + ("" if ok else f" — {fix}")
+        for what, ok, fix, optional in checks
     ]
-    ready = all(ok for _, ok, _ in checks)
-    missing = sum(not ok for _, ok, _ in checks)
+    ready = all(ok or optional for _, ok, _, optional in checks)
+    missing = sum(not ok and not optional for _, ok, _, optional in checks)
+    slower = sum(not ok and optional for _, ok, _, optional in checks)
     lines.append(
-        "ready to run on this machine"
-        if ready
-        else f"NOT ready: {missing} requirement(s) missing (listed above)"
+        (
+            "ready to run on this machine"
+            if ready
+            else f"NOT ready: {missing} requirement(s) missing (listed above)"
+        )
+        + (f"; {slower} optional faster path(s) unavailable" if slower else "")
     )
     return lines, ready

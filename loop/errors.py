@@ -4,6 +4,9 @@ from __future__ import annotations
 
 # A stage process's exit codes: retryable (the controller tries again) or fatal (a retry would repeat it).
 EXIT_RETRYABLE, EXIT_FATAL = 1, 3
+# `sealong-loop start`: the run failed past its retry bound; the run stopped before finishing (`stop`,
+# `stop --now`, SIGTERM; Ctrl-C / SIGINT gives 130), resumable with `start`
+EXIT_FAILED, EXIT_STOPPED = 3, 5
 
 
 def exit_on_sigterm(signum, frame) -> None:

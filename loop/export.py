@@ -44,7 +44,9 @@ def base_model_dir(cfg: Config, workdir: Path) -> Path:
 
 def _free_target(out: Path) -> None:
     if out.exists():
-        if not out.is_dir() or any(out.iterdir()):
+        if not out.is_dir():
+            raise SealongError(f"--out {out} is a file; give a new or empty directory")
+        if any(out.iterdir()):
             raise SealongError(f"{out} already exists and is not an empty directory; choose another --out")
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)

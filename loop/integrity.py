@@ -5,6 +5,7 @@
     problems = verify("runs/demo", finished=True)  # and the run is complete, with nothing left over
 
 Read-only (the database is opened with mode=ro). Returns a list of problems, each one line; [] is healthy.
+A database file that is not SQLite, not ours, or empty is one problem; a missing one raises SealongError.
 The reliability tests run it after every injected fault; a `verify` command could expose it.
 
 At any moment: SQLite's own integrity and foreign-key checks pass; stages of a round are done in order;
@@ -22,15 +23,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sealong.loop.errors import IntegrityError
 from sealong.store.artifacts import sha256_dir
-from sealong.store.db import connect, one, rows
+from sealong.store.db import DB_NAME, connect, has_schema, one, rows
 
 WEIGHT_SUFFIXES_REFUSED = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 def verify(workdir: str | Path, finished: bool = False) -> list[str]:
     wd = Path(workdir).resolve()
-    db = connect(wd, readonly=True)
+    try:
+        db = connect(wd, readonly=True)
+    except IntegrityError as e:  # not a SQLite file, another application's database, or empty
+        return [str(e)]
+    if not has_schema(db):  # a controller is creating it this moment
+        db.conn.close()
+        return [f"{wd / DB_NAME}: no tables yet (a controller is creating the database)"]
     db.conn.execute("BEGIN")  # one snapshot for every query, while a controller may be writing
     try:
         problems = _sqlite(db)
@@ -241,12 +249,22 @@ def _adapters(db, wd: Path) -> list[str]:
 def _finished(db, wd: Path, run: dict, rounds: list[dict]) -> list[str]:
     out = []
     if run["status"] != "finished":
-        out.append(f"run status is {run['status']!r} ({run['message']}), not finished")
-    if not rounds or any(r["status"] != "done" for r in rounds):
-        out.append(f"not every round is done: {[(r['idx'], r['status']) for r in rounds]}")
-    running = rows(db, "SELECT name, status FROM stages WHERE status != 'done'")
-    if running:
-        out.append(f"stages not done in a finished run: {running[:3]}")
+        why = f": {run['message']}" if run["message"] else ""
+        out.append(f"the run is {run['status']}, not finished{why}")
+    if not rounds:
+        out.append("no round was run")
+    undone = [f"round {r['idx']} {r['status']}" for r in rounds if r["status"] != "done"]
+    if undone:
+        out.append("rounds not done: " + ", ".join(undone))
+    stages = rows(
+        db,
+        "SELECT r.idx, s.name, s.status FROM stages s JOIN rounds r ON r.id = s.round_id "
+        "WHERE s.status != 'done' ORDER BY r.idx, s.seq",
+    )
+    if stages:
+        out.append(
+            "stages not done: " + ", ".join(f"round {s['idx']} {s['name']} {s['status']}" for s in stages)
+        )
     recorded = {a["path"] for a in rows(db, "SELECT path FROM adapters")}
     adapters_dir = wd / "adapters"
     if adapters_dir.is_dir():

@@ -22,7 +22,7 @@ from rich.text import Text
 from rich.tree import Tree
 from sealong.loop.errors import SealongError
 from sealong.store.artifacts import sha256_dir
-from sealong.store.db import one, rows
+from sealong.store.db import has_schema, one, rows
 from sealong.store.lineage import adapter_metrics, parent_chain
 
 PAIR_TEXTS_SQL = """
@@ -50,6 +50,8 @@ def _metrics(db: sqlite_utils.Database) -> dict[str, dict[str, Any]]:
 
 def lineage(db: sqlite_utils.Database) -> dict[str, Any]:
     """The base model and every adapter: parent, round, status, metrics, and the promotion decision."""
+    if not has_schema(db):  # a controller is creating the database: as a run with nothing done yet
+        return {"base": {"mean_subem": None, "per_task": {}}, "adapters": []}
     metrics = _metrics(db)
     adapters = rows(
         db,
@@ -98,6 +100,8 @@ def render_lineage(data: dict[str, Any]) -> Tree:
 
 def resolve_adapter(db: sqlite_utils.Database, name: str) -> dict[str, Any]:
     """An adapter row by id, or `champion` for the current champion."""
+    if not has_schema(db):
+        raise SealongError("no adapter yet: a controller is creating this run's database")
     if name == "champion":
         row = one(db, "SELECT * FROM adapters WHERE status = 'champion'")
         if row is None:
@@ -240,6 +244,12 @@ def run_query(db: sqlite_utils.Database, sql: str) -> tuple[list[str], list[tupl
     except sqlite3.Error as e:
         if "readonly" in str(e):
             raise QueryError(f"refused: {e} (`query` opens the database read-only)") from None
+        if getattr(e, "sqlite_errorname", "") == "SQLITE_IOERR_LOCK":
+            # e.g. PRAGMA journal_mode=DELETE: a change that needs a write lock a read-only file cannot take
+            raise QueryError(
+                f"refused: the statement tries to change the database, which `query` opens read-only "
+                f"(SQLite: {e})"
+            ) from None
         if "too many attached" in str(e):
             raise QueryError(
                 "refused: `query` does not attach other databases (ATTACH, VACUUM INTO)"

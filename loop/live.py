@@ -56,10 +56,12 @@ def watch(workdir: Path, interval: float = 1.0, console: Console | None = None) 
 def _follow_plain(workdir: Path, interval: float, console: Console) -> None:
     from sealong.store.db import db_path
 
-    while not db_path(workdir).exists():
-        time.sleep(interval)
-    ui = PlainUI(workdir, console, progress_every=max(interval, 1.0))
     try:
+        if not db_path(workdir).exists():
+            console.print(f"waiting for a run in {workdir} (`sealong-loop start --workdir {workdir}`)")
+        while not db_path(workdir).exists():
+            time.sleep(interval)
+        ui = PlainUI(workdir, console, progress_every=max(interval, 1.0))
         while True:
             ui.tick()
             time.sleep(interval)

@@ -209,11 +209,8 @@ def _read_store(db: sqlite_utils.Database, s: MonitorState, n_events: int) -> No
     if s.run is None:
         return
     s.rounds = rows(db, "SELECT * FROM rounds WHERE run_id = ? ORDER BY idx", (s.run["id"],))
-    columns = (
-        "id, round_id, name, seq, status, attempts, pid, started_at, finished_at, error, output_json, "
-        "progress_done, progress_total, progress_unit, progress_note"
-    )
-    for st in rows(db, f"SELECT {columns} FROM stages ORDER BY round_id, seq"):
+    # every column: a workdir that an older version made (not migrated until its next start) lacks the newer
+    for st in rows(db, "SELECT * FROM stages ORDER BY round_id, seq"):
         s.stages.setdefault(st["round_id"], []).append(st)
     every = [st for r in s.rounds for st in s.stages.get(r["id"], [])]
     s.current = next((st for st in every if st["status"] == "running"), None)

@@ -295,6 +295,11 @@ def load_checkpoint(path: Path, model, opt: torch.optim.Optimizer) -> int:
 # -- the loop -------------------------------------------------------------------------------------------------
 
 
+def optimizer_steps(n_examples: int, cfg: TrainConfig, dp_size: int = 1) -> int:
+    """How many optimizer steps train_orpo takes over n_examples (the monitor's total before step 1)."""
+    return max(1, math.ceil(len(micro_batch_schedule(n_examples, cfg, 0)) / (cfg.grad_accum * dp_size)))
+
+
 def train_orpo(
     peft_model,
     examples: list[PairExample],
@@ -317,7 +322,7 @@ def train_orpo(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = micro_batch_schedule(len(examples), cfg, seed)
     per_step = cfg.grad_accum * par.dp_size
-    total_steps = max(1, math.ceil(len(schedule) / per_step))
+    total_steps = optimizer_steps(len(examples), cfg, par.dp_size)
     warmup = int(total_steps * cfg.warmup_ratio)
 
     def lr_at(step: int) -> float:  # linear warm-up, then linear decay to 10% of lr

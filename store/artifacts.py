@@ -61,6 +61,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         faults.point("write-partial", final.name, before=lambda: faults.truncate_largest(tmp))
+        _usual_modes(tmp)
         _fsync_tree(tmp)
         faults.point("before-rename", final.name)
         if final.exists():
@@ -71,6 +72,16 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _usual_modes(root: Path) -> None:
+    """Files created private (safetensors writes its files 0600) get the mode any other file gets here
+    (0666 less the umask), so exported and stored weights are as readable as the rest of the folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in root.rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o077 == 0:
+            f.chmod(0o666 & ~mask)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -34,6 +34,7 @@ class StageContext:
     controller_pid: int = 0  # the controller that launched this stage (0: none, e.g. a test)
     lock_fd: int | None = None  # the stage lock's descriptor (replicas inherit it: the lock outlives none)
     _last_progress: float = 0.0
+    _progress_unit: str | None = None  # the unit of the phase in progress (a new unit: a new phase)
 
     @property
     def round(self) -> dict[str, Any]:
@@ -56,6 +57,12 @@ class StageContext:
         if not force and now - self._last_progress < 0.5 and done < total:
             return
         self._last_progress = now
+        if unit != self._progress_unit:  # a new phase: the monitor's rate and ETA start from here
+            self._progress_unit = unit
+            self.db.execute(
+                "UPDATE stages SET progress_since = ?, progress_since_done = ? WHERE id = ?",
+                (time.time(), done, self.stage_id),
+            )
         self.db.execute(
             "UPDATE stages SET progress_done = ?, progress_total = ?, progress_unit = ?, progress_note = ? WHERE id = ?",
             (done, total, unit, note, self.stage_id),

@@ -191,6 +191,8 @@ def _greedy_pass(
     cfg = ctx.cfg
     todo = _greedy_todo(ctx, questions)
     step = max(sampler.chunk, cfg.eval.batch_size)
+    if todo:  # the monitor shows this phase from its start, not "questions 100%" until its first batch
+        progress(0, len(todo), "greedy", "diagnostics", force=True)
     for i in range(0, len(todo), step):
         batch = todo[i : i + step]
         prompts = [

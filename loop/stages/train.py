@@ -17,7 +17,14 @@ from sealong.loop.models import load_causal_lm, load_tokenizer
 from sealong.loop.prompts import build_prompt
 from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
 from sealong.loop.stages.common import base_dir, verified_adapter_dir
-from sealong.loop.training import PairExample, add_lora, encode_response, latest_checkpoint, train_orpo
+from sealong.loop.training import (
+    PairExample,
+    add_lora,
+    encode_response,
+    latest_checkpoint,
+    optimizer_steps,
+    train_orpo,
+)
 from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
 from sealong.store.db import Transaction, dumps, one, rows
 
@@ -114,7 +121,8 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         )
         if resumed:
             ctx.event(f"resuming training from checkpoint {resumed.name}")
-        ctx.progress(0, 1, "steps", force=True)
+        done = int(resumed.name.split("-")[1]) if resumed else 0
+        ctx.progress(done, optimizer_steps(len(examples), cfg.train, par.dp_size), "steps", force=True)
     summary = train_orpo(
         model,
         examples,

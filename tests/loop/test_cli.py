@@ -69,3 +69,23 @@ def test_doctor_exit_code_says_whether_a_config_can_run_here(monkeypatch):
     report = json.loads(paper.stdout)
     missing = {c["need"] for c in report["checks"] if not c["ok"]}
     assert not report["ready"] and any(m.startswith("vllm") for m in missing)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["start", "--max-rounds", "0"], "Invalid value for '--max-rounds'"),
+        (["status", "--interval", "abc"], "Invalid value for '--interval'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_mistakes_are_one_error_line(args: list[str], needle: str):
+    proc = cli(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and needle in proc.stderr
+    assert "--help`)" in proc.stderr
+
+
+def test_version():
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("sealong-loop, version ")

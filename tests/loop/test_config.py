@@ -87,3 +87,37 @@ def test_cli_reports_two_mistakes_without_traceback(tmp_path: Path):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "[sample] n" in proc.stderr and "[train] lr" in proc.stderr
     assert not (tmp_path / "w" / "sealong.db").exists()
+
+
+def test_a_misspelt_built_in_model_is_a_config_error_with_a_suggestion(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[run]\nname = "x"\n\n[embedder]\nmodel = "bundled:all-mpnet-base-v2"\n\n'
+        '[policy]\nmodel = "bundled:smollm2-135m-instuct"\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    first, second = e.value.problems  # in file order
+    assert first.startswith("line 5: [embedder] model: unknown built-in model 'bundled:all-mpnet-base-v2'")
+    assert "known: bundled:all-minilm-l6-v2, or a local model directory" in first
+    assert second.startswith("line 8: [policy] model: unknown built-in model")
+    assert "did you mean 'bundled:smollm2-135m-instruct'?" in second
+
+
+def test_unknown_keys_suggest_the_closest_and_problems_come_in_file_order(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nepochs = "two"\nlora_rr = 8\n\n[samples]\nn = 4\n\n[run]\nseed = -1.5\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    lines = [int(p.split(":")[0].removeprefix("line ")) for p in e.value.problems]
+    assert lines == sorted(lines) == [2, 3, 5, 9], e.value.problems
+    assert "did you mean 'lora_r'?" in e.value.problems[1]
+    assert "did you mean 'sample'?" in e.value.problems[2]
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
+def test_an_empty_config_is_refused(tmp_path: Path, text: str):
+    path = tmp_path / "empty.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="the file sets nothing"):
+        load_config(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,11 @@ def test_export_peft_adapter_loads_with_peft(run_dir: Path, tmp_path: Path):
     assert {p.name for p in src.iterdir()} | {"sealong_export.json"} == {p.name for p in out.iterdir()}
     provenance = json.loads((out / "sealong_export.json").read_text())
     assert provenance["adapter"] == "adapter-r001" and provenance["parent"] == "adapter-r000"
+    mask = os.umask(0)
+    os.umask(mask)  # the weights are as readable as the other files (safetensors writes them 0600)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        p.name: 0o666 & ~mask for p in out.iterdir()
+    }
     assert (out / "adapter_model.safetensors").read_bytes() == (
         src / "adapter_model.safetensors"
     ).read_bytes()

@@ -113,7 +113,7 @@ def running_copy(
 def test_finished_run_shows_rounds_champion_and_events(finished: MonitorState):
     assert phase(finished) == "finished"
     out = text(render(finished))
-    assert "FINISHED: finished: 2 round(s) done" in out
+    assert "FINISHED: 2 round(s) done" in out
     assert "champion: adapter-r001" in out and "champion adapter-r001" in out
     for needle in (
         "rounds",
@@ -158,6 +158,18 @@ def test_sampling_shows_progress_rates_eta_and_memory(finished: MonitorState):
     assert "RUNNING" in out and "controller pid 4241" in out
     row = next(line for line in out.splitlines() if line.lstrip().startswith("1 ") and "adapter-r001" in line)
     assert "running (sample)" in row and "▶10" in row
+
+
+def test_eta_is_over_the_phase_in_progress(finished: MonitorState):
+    """A later phase (greedy after sampling) or a resumed attempt: the rate counts only what this phase did
+    since it began, not the stage's whole time over a count that an earlier phase or attempt filled."""
+    s = running_copy(finished, "sample", 2, 8, "greedy", "diagnostics")
+    s.current.update(progress_since=s.now - 4, progress_since_done=0)  # 2 done in the phase's 4 s
+    assert "2/8 greedy  25%" in text(render(s)) and "ETA 0m12s" in text(render(s))
+    s.current.update(progress_done=6, progress_total=8, progress_since=s.now - 4, progress_since_done=4)
+    assert "ETA 0m04s" in text(render(s))  # resumed with 4 done: 2 more in 4 s, 2 to go
+    s.current.update(progress_since_done=6)
+    assert "ETA -" in text(render(s))  # nothing done in this phase yet: no rate to go by
 
 
 def test_training_shows_step_loss_and_learning_rate(finished: MonitorState):

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from sealong.store.db import connect, one
+from sealong.loop.errors import IntegrityError
+from sealong.store.db import connect
 
-from ..conftest import TINY_CONFIG, write_config
+from ..conftest import TINY_CONFIG, cli, write_config
 
 GOOD = {"input": "Who met Bob?", "context": "Ann met Bob.", "answers": ["Ann"], "_id": "a", "dataset": "toy"}
 
@@ -49,10 +52,7 @@ def _start(capsys, tmp_path: Path, cfg: Path) -> tuple[int, str]:
     wd = tmp_path / "wd"
     code, out, err = run_cli(capsys, "start", "--config", str(cfg), "--workdir", str(wd), "--plain")
     assert "Traceback" not in out + err, out + err
-    if (wd / "sealong.db").exists():
-        assert one(connect(wd, readonly=True), "SELECT COUNT(*) AS n FROM runs")["n"] == 0, (
-            "a run was recorded"
-        )
+    assert not wd.exists(), "the refused start left a workdir behind"  # nothing recorded, nothing created
     return code, err
 
 
@@ -215,7 +215,11 @@ CONFIG_ROWS = [
         "[sample]\nn = 4\ncolour = 'red'\n",
         ["line 3: [sample] colour: unknown key (known: backend, n,"],
     ),
-    ("unknown section", "[trian]\nlr = 0.1\n", ["line 1: [trian]: unknown section (known: run, policy,"]),
+    (
+        "unknown section",
+        "[trian]\nlr = 0.1\n",
+        ["line 1: [trian]: unknown section (did you mean 'train'? known: run, policy,"],
+    ),
     (
         "section not a table",
         "sample = 4\n",
@@ -351,3 +355,97 @@ def test_every_row_exits_2_through_the_console_script(tmp_path: Path):
             timeout=120,
         )
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+# -- workdirs whose database is not ours: every command that reads it, and `start`, through the real CLI --------
+
+
+def _not_sqlite(db: Path) -> None:
+    db.write_text("junk\n")
+
+
+def _zero_bytes(db: Path) -> None:
+    db.touch()
+    t = time.time() - 60  # not a database a controller is creating this moment
+    os.utime(db, (t, t))
+
+
+def _foreign(db: Path) -> None:
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    c.close()
+
+
+DAMAGED_DBS = [
+    ("not SQLite", _not_sqlite, " is not a SQLite database (file is not a database)"),
+    ("zero bytes", _zero_bytes, " is empty or not a sealong-loop database (no `runs` table)"),
+    (
+        "another application's database",
+        _foreign,
+        " is not a sealong-loop database: it holds tables (notes) but no `_migrations` table",
+    ),
+]
+READERS = [
+    ("status",),
+    ("status", "--json"),
+    ("verify",),
+    ("lineage",),
+    ("show", "champion"),
+    ("query", "SELECT 1"),
+    ("start", "--plain"),  # a writer: refuses before it migrates anything into the file
+]
+
+
+# `start` migrates an empty database (what a controller killed before its first migration leaves): not a row
+DAMAGED_ROWS = [
+    pytest.param(make, expected, command, id=f"{name}-{' '.join(command)}")
+    for name, make, expected in DAMAGED_DBS
+    for command in READERS
+    if not (make is _zero_bytes and command[0] == "start")
+]
+
+
+@pytest.mark.parametrize("make,expected,command", DAMAGED_ROWS)
+def test_a_damaged_or_foreign_database_is_one_error_line(
+    tmp_path: Path, make, expected: str, command: tuple[str, ...]
+):
+    wd = (tmp_path / "wd").resolve()
+    wd.mkdir()
+    db = wd / "sealong.db"
+    make(db)
+    before = db.read_bytes()
+    proc = cli(*command, "--workdir", str(wd), timeout=120)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == IntegrityError.exit_code, (proc.returncode, proc.stderr)
+    assert proc.stderr == f"error: {db}{expected}\n", proc.stderr
+    assert db.read_bytes() == before and sorted(p.name for p in wd.iterdir()) == ["sealong.db"]
+
+
+@pytest.mark.parametrize("name,make,expected", DAMAGED_DBS, ids=[r[0] for r in DAMAGED_DBS])
+def test_verify_reports_a_damaged_or_foreign_database_as_a_problem(tmp_path: Path, name: str, make, expected):
+    from sealong.loop.integrity import verify
+
+    make(tmp_path / "sealong.db")
+    assert verify(tmp_path) == [f"{tmp_path.resolve() / 'sealong.db'}{expected}"]
+
+
+@pytest.mark.parametrize("command", [("start", "--plain"), ("status",), ("verify",)], ids=lambda c: c[0])
+def test_a_workdir_that_is_a_file_is_a_usage_error(tmp_path: Path, command: tuple[str, ...]):
+    wd = (tmp_path / "wd").resolve()
+    wd.write_text("not a directory\n")
+    proc = cli(*command, "--workdir", str(wd), timeout=120)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == 2 and proc.stderr == f"error: --workdir {wd} is a file, not a directory\n", (
+        proc.returncode,
+        proc.stderr,
+    )
+    assert wd.read_text() == "not a directory\n"
+
+
+def test_query_that_would_change_the_database_says_it_is_read_only(tmp_path: Path):
+    connect(tmp_path).conn.close()
+    proc = cli("query", "PRAGMA journal_mode=DELETE", "--workdir", str(tmp_path), timeout=120)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        "error: refused: the statement tries to change the database, which `query` opens read-only"
+    ), proc.stderr

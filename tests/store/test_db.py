@@ -1,11 +1,24 @@
+import os
+import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from sealong.loop.errors import IntegrityError, SealongError
 from sealong.store import lineage
 from sealong.store.artifacts import atomic_dir, sha256_dir
-from sealong.store.db import MIGRATIONS, Transaction, connect, migrate, rows
+from sealong.store.db import (
+    EMPTY_GRACE_S,
+    EMPTY_WAIT_S,
+    MIGRATIONS,
+    Transaction,
+    connect,
+    has_schema,
+    migrate,
+    rows,
+)
 
 
 def test_migrations_are_named_recorded_and_idempotent(tmp_path: Path):
@@ -106,3 +119,123 @@ def test_lineage_queries(tmp_path: Path):
     assert metrics["a1"]["mean_subem"] == 100.0 and metrics["a0"]["mean_subem"] == 0.0
     data = lineage.training_data(db, "a2")
     assert [d["question_id"] for d in data] == ["q1"] and data[0]["chosen_score"] == 0.9
+
+
+# -- files that are not our database: refused with the file's name, never written to --------------------------
+
+
+def _foreign(path: Path, *statements: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as c:
+        for s in statements or ("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)",):
+            c.execute(s)
+    c.close()
+    return path
+
+
+def _age(path: Path, seconds: float = 60.0) -> Path:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+    return path
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as c:
+        names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    c.close()
+    return names
+
+
+@pytest.mark.parametrize("readonly", [True, False], ids=["reader", "writer"])
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path, readonly: bool):
+    db = tmp_path / "sealong.db"
+    db.write_text("junk\n")
+    with pytest.raises(
+        IntegrityError, match=rf"^{re.escape(str(db))} is not a SQLite database \(file is not"
+    ):
+        connect(tmp_path, readonly=readonly)
+    assert db.read_text() == "junk\n" and sorted(p.name for p in tmp_path.iterdir()) == ["sealong.db"]
+
+
+@pytest.mark.parametrize("readonly", [True, False], ids=["reader", "writer"])
+@pytest.mark.parametrize(
+    "statements,why",
+    [
+        ((), r"holds tables \(notes\) but no `_migrations` table"),
+        (
+            ("CREATE TABLE _migrations (version INTEGER)", "CREATE TABLE runs (x)"),
+            r"holds tables \(runs\) but its `_migrations` table does not record 0001_initial",
+        ),
+        (
+            ("CREATE TABLE _migrations (name TEXT, applied_at REAL)", "CREATE TABLE users (id)"),
+            r"holds tables \(users\) but its `_migrations` table does not record 0001_initial",
+        ),
+    ],
+    ids=["no _migrations", "_migrations of another shape", "_migrations without ours"],
+)
+def test_another_applications_database_is_refused_and_left_alone(
+    tmp_path: Path, readonly: bool, statements: tuple, why: str
+):
+    db = _foreign(tmp_path / "sealong.db", *statements)
+    before = _tables(db)
+    with pytest.raises(
+        IntegrityError, match=rf"^{re.escape(str(db))} is not a sealong-loop database: it {why}"
+    ):
+        connect(tmp_path, readonly=readonly)
+    assert _tables(db) == before, "our tables were migrated into another application's database"
+
+
+def test_a_stale_empty_database_is_refused_by_readers_and_migrated_by_a_writer(tmp_path: Path):
+    db = tmp_path / "sealong.db"
+    db.touch()
+    _age(db)
+    t0 = time.monotonic()
+    with pytest.raises(
+        IntegrityError, match=rf"^{re.escape(str(db))} is empty or not a sealong-loop database"
+    ):
+        connect(tmp_path, readonly=True)
+    assert time.monotonic() - t0 < 0.4, "a stale empty database is refused at once"
+    _age(_foreign(db, "CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"))
+    with pytest.raises(IntegrityError, match="no `runs` table"):
+        connect(tmp_path, readonly=True)
+    connect(tmp_path).conn.close()  # what a controller killed between creating the file and migrating left
+    assert has_schema(connect(tmp_path, readonly=True))
+
+
+def test_a_reader_waits_for_the_first_migration_of_a_database_being_created(tmp_path: Path):
+    (tmp_path / "sealong.db").touch()  # the controller has created the file; its first migration follows
+    timer = threading.Timer(0.15, lambda: connect(tmp_path).conn.close())
+    timer.start()
+    try:
+        ro = connect(tmp_path, readonly=True)
+    finally:
+        timer.join()
+    assert has_schema(ro) and rows(ro, "SELECT COUNT(*) AS n FROM runs") == [{"n": 0}]
+
+
+def test_a_reader_of_a_database_being_created_sees_no_tables_yet(tmp_path: Path):
+    (tmp_path / "sealong.db").touch()
+    t0 = time.monotonic()
+    ro = connect(tmp_path, readonly=True)
+    assert not has_schema(ro) and EMPTY_WAIT_S <= time.monotonic() - t0 < EMPTY_GRACE_S
+
+
+@pytest.mark.parametrize("readonly", [True, False], ids=["reader", "writer"])
+def test_a_workdir_that_is_a_file_is_a_usage_error(tmp_path: Path, readonly: bool):
+    wd = tmp_path / "wd"
+    wd.write_text("x")
+    with pytest.raises(
+        SealongError, match=rf"^--workdir {re.escape(str(wd))} is a file, not a directory$"
+    ) as e:
+        connect(wd, readonly=readonly)
+    assert type(e.value) is SealongError and e.value.exit_code == 2
+    with pytest.raises(SealongError, match=rf"cannot create workdir .*: {re.escape(str(wd))} is a file"):
+        connect(wd / "sub")
+    assert wd.read_text() == "x"
+
+
+def test_a_database_path_that_is_a_directory_is_refused(tmp_path: Path):
+    (tmp_path / "sealong.db").mkdir()
+    for readonly in (True, False):
+        with pytest.raises(IntegrityError, match="sealong.db is a directory, not a SQLite database"):
+            connect(tmp_path, readonly=readonly)
