@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 4's GPU check as one command on a lent GPU machine (the `device` tool), within one 10-minute call.
 #
-# Here, first:   .venv/bin/python -P bench/device_kit.py        (.devkit/: wheels the image lacks, model shapes)
+# Here, first:   .venv/bin/python -P bench/device_kit.py        (.devkit/: wheels the image lacks, model shapes;
+#                rebuild it at the commit under test: its MANIFEST's git sha labels the results)
 # Then:          run(command="bash bench/device_check.sh", carry=[".devkit"], timeout_s=590)
 # Back here:     the files under $OUT (env.txt, device-pass.log, results.csv, gpu-tests.log, gpu-junit.xml);
 #                append results.csv's rows to bench/results.csv and write bench/RESULTS.md's device section.

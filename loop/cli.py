@@ -134,9 +134,15 @@ def start(
     with ui:
         status = controller.run()
     if controller.already_finished:
-        console.print(
-            "nothing to do: this run had already finished; add rounds with "
-            f"`sealong-loop start --workdir {wd} --max-rounds N` (N > the rounds done)"
+        reason = controller.already_finished.removeprefix("finished: ")
+        click.echo(
+            f"nothing to do: this run had already finished ({reason}); "
+            + (
+                f"add rounds with `sealong-loop start --workdir {wd} --max-rounds N` (N > the rounds done)"
+                if "max_rounds" in reason
+                else "it ended by run.patience, which a run keeps; for more rounds start a new --workdir with a "
+                "larger run.patience"
+            )
         )
     ui.final()
     if status == "failed":
@@ -177,7 +183,7 @@ def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
 @click.option(
     "--now",
     is_flag=True,
-    help="Interrupt the stage in flight (it reruns on resume) instead of letting it finish.",
+    help="Interrupt the stage in flight instead of letting it finish (`start` resumes it).",
 )
 def stop(workdir: str, now: bool) -> None:
     """Ask the controller to stop: after the stage in flight by default, at once with --now.
@@ -207,11 +213,16 @@ def stop(workdir: str, now: bool) -> None:
         click.echo(f"stop requested: controller pid {pid} stops {what}. Use --now to interrupt the stage.")
 
 
-def _readonly_db(workdir: str):
-    from sealong.store.db import connect
+def _readonly_db(workdir: str, need_schema: bool = False):
+    """The workdir's database, read-only. need_schema: refuse the moment a controller is creating it (the
+    commands that read tables without checking; status, lineage, show and verify show that state)."""
+    from sealong.store.db import connect, has_schema
 
     wd = Path(workdir).resolve()
-    return wd, connect(wd, readonly=True)
+    db = connect(wd, readonly=True)
+    if need_schema and not has_schema(db):
+        raise SealongError(f"a controller is creating the database in {wd} right now; try again in a moment")
+    return wd, db
 
 
 def _echo_json(obj) -> None:
@@ -339,7 +350,7 @@ def report(workdir: str, out: str | None) -> None:
     """
     from sealong.loop.report import write_report
 
-    wd, db = _readonly_db(workdir)
+    wd, db = _readonly_db(workdir, need_schema=True)
     target = Path(out) if out else wd / "report"
     if target.exists() and not target.is_dir():
         raise SealongError(f"--out {target} is a file; give a directory (it is created if missing)")
@@ -374,7 +385,7 @@ def export(adapter: str, workdir: str, out: str, merge: bool, dtype: str) -> Non
     """
     from sealong.loop.export import export_adapter
 
-    wd, db = _readonly_db(workdir)
+    wd, db = _readonly_db(workdir, need_schema=True)
     info = export_adapter(db, wd, adapter, Path(out), merge, dtype)
     what = f"merged into the base model ({dtype})" if merge else "PEFT adapter"
     click.echo(f"exported {info['adapter']} ({what}, sha256 verified) to {out}")
@@ -394,7 +405,7 @@ def export_pairs(round_idx: int, workdir: str, out: str) -> None:
     """
     from sealong.loop.export import export_pairs as write_pairs
 
-    wd, db = _readonly_db(workdir)
+    wd, db = _readonly_db(workdir, need_schema=True)
     n = write_pairs(db, wd, round_idx, out)
     if out != "-":
         click.echo(f"wrote {n} pairs of round {round_idx} to {out}")
@@ -475,10 +486,15 @@ def verify(workdir: str, finished: bool) -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="sealong-loop", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except getattr(
+        click.exceptions, "NoArgsIsHelpError", ()
+    ) as e:  # bare `sealong-loop`: its help (click 8.2+)
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        sys.exit(e.exit_code)
     except click.UsageError as e:  # one line, like every other error, with where to read more
         cmd = e.ctx.command_path if e.ctx else "sealong-loop"
         click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)

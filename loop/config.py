@@ -136,8 +136,8 @@ class DistributedConfig:
         return self.nnodes * self.nproc_per_node
 
 
-# The LoRA ranks a vLLM engine accepts (vllm/config/lora.py); older releases stop at 256.
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# The LoRA ranks a vLLM engine accepts (MaxLoRARanks in vllm/config/lora.py); older releases stop at 256.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass

@@ -307,7 +307,7 @@ class Controller:
         self.run_id = 0
         self.previous: dict | None = None  # the run's status and message before this start
         self.questions: list | None = None  # a new run's questions, when the caller loaded them already
-        self.already_finished = False  # started again with nothing left to do
+        self.already_finished = ""  # started again with nothing left to do: why the run had finished
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -317,7 +317,9 @@ class Controller:
         try:
             self.db = connect(self.workdir)
             self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds, self.questions)
-            self.previous = one(self.db, "SELECT status, message FROM runs WHERE id = ?", (self.run_id,))
+            self.previous = one(
+                self.db, "SELECT status, message, finished_at FROM runs WHERE id = ?", (self.run_id,)
+            )
             self._recover()
             return self._loop()
         except (OSError, sqlite3.Error) as e:
@@ -444,10 +446,10 @@ class Controller:
                 prev = self.previous or {}
                 if prev.get("status") == "finished" and prev.get("message") == rnd:
                     # started again with nothing left to do: say so once, without a second identical event
-                    self.already_finished = True
-                    self.db.execute(
+                    self.already_finished = rnd
+                    self.db.execute(  # as it was, its finish time included
                         "UPDATE runs SET status = 'finished', finished_at = ?, message = ? WHERE id = ?",
-                        (time.time(), rnd, self.run_id),
+                        (prev.get("finished_at") or time.time(), rnd, self.run_id),
                     )
                     return "finished"
                 return self._finish("finished", rnd)
@@ -597,11 +599,8 @@ class Controller:
             )
 
     def _eta(self) -> str:
-        st = one(
-            self.db, "SELECT started_at, progress_done, progress_total FROM stages WHERE status = 'running'"
-        )
-        if not st or not st["progress_total"] or not st["progress_done"]:
-            return ""
-        elapsed = time.time() - st["started_at"]
-        left = elapsed * (st["progress_total"] - st["progress_done"]) / st["progress_done"]
-        return f" (in about {left:.0f} s at its current rate)"
+        from sealong.loop.monitor import stage_eta
+
+        st = one(self.db, "SELECT * FROM stages WHERE status = 'running'")
+        left = stage_eta(st, time.time()) if st else None
+        return "" if left is None else f" (in about {left:.0f} s at its current rate)"

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-from sealong.loop.monitor import MonitorState, phase
+from sealong.loop.monitor import MonitorState, phase, stage_eta
 from sealong.loop.stages.base import STAGES
 
 PHASE_STYLE = {
@@ -79,12 +79,7 @@ def render_header(s: MonitorState) -> Text:
 def _progress(st: dict[str, Any], now: float) -> tuple[ProgressBar, Text]:
     done, total = st["progress_done"], st["progress_total"]
     elapsed = now - (st["started_at"] or now)
-    # the rate of the phase in progress (its unit), from what it has done since it began: not the whole
-    # stage's time over a count that a resumed attempt or an earlier phase contributed to
-    since, done0 = st.get("progress_since"), st.get("progress_since_done") or 0
-    base_t, base_done = (since, done0) if since else (st["started_at"] or now, 0)
-    gained = done - base_done
-    eta = (now - base_t) / gained * (total - done) if gained > 0 and total and done < total else None
+    eta = stage_eta(st, now)
     bar = ProgressBar(total=max(total, 1), completed=min(done, total), width=40)
     count = f"{done:g}/{total:g} {st['progress_unit']}  {100 * done / total:.0f}%" if total else "starting"
     return bar, Text(f"  {count}   elapsed {fmt_secs(elapsed)}  ETA {fmt_secs(eta)}")

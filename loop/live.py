@@ -16,8 +16,8 @@ from pathlib import Path
 import sqlite_utils
 from rich.console import Console
 from sealong.loop.dashboard import render
-from sealong.loop.monitor import MonitorState, load_state, store_ready
-from sealong.store.db import one, rows
+from sealong.loop.monitor import MonitorState, load_state
+from sealong.store.db import has_schema, one, rows
 
 
 def watch(workdir: Path, interval: float = 1.0, console: Console | None = None) -> None:
@@ -93,7 +93,7 @@ class PlainUI:
 
     def tick(self) -> None:
         db = self._db()
-        if not store_ready(db):
+        if not has_schema(db):
             return
         for e in rows(
             db,

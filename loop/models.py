@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sealong.loop.config import BUILTIN_EMBEDDERS, BUILTIN_POLICIES
 from sealong.loop.errors import SealongError, SetupError
 from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
 
@@ -126,9 +127,9 @@ def _clean_config_json(path: Path) -> None:
 
 def prepare_base_model(spec: str, workdir: str | Path, seed: int = 0) -> Path:
     """Resolve a policy spec to a local transformers directory, converting bundled models once."""
-    if spec not in ("bundled:smollm2-135m-instruct", "tiny-random-llama"):
+    if spec not in BUILTIN_POLICIES:
         if spec.startswith("bundled:"):
-            raise SealongError(f"unknown bundled model {spec!r} (known: bundled:smollm2-135m-instruct)")
+            raise SealongError(f"unknown bundled model {spec!r} (known: {', '.join(BUILTIN_POLICIES)})")
         return Path(spec)
     models = Path(workdir) / "models"
     final = models / "base"
@@ -314,10 +315,10 @@ def require_safetensors_adapter(adapter_dir: Path) -> None:
 
 
 def resolve_embedder(spec: str) -> Path:
-    if spec == "bundled:all-minilm-l6-v2":
+    if spec in BUILTIN_EMBEDDERS:
         return bundled_minilm_dir()
     if spec.startswith("bundled:"):
-        raise SealongError(f"unknown bundled embedder {spec!r} (known: bundled:all-minilm-l6-v2)")
+        raise SealongError(f"unknown bundled embedder {spec!r} (known: {', '.join(BUILTIN_EMBEDDERS)})")
     return Path(spec)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from sealong.store.db import one, rows
+from sealong.store.db import has_schema, one, rows
 from sealong.store.lineage import adapter_metrics, diagnostics_by_round
 
 
@@ -194,13 +194,19 @@ def load_state(
     return s
 
 
-def store_ready(db: sqlite_utils.Database) -> bool:
-    """False in the moment between the controller creating the file and its first migration committing."""
-    return one(db, "SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN ('runs', 'events')")["n"] == 2
+def stage_eta(st: dict[str, Any], now: float) -> float | None:
+    """Seconds left for a running stage's phase in progress (its current unit), at the rate of what that
+    phase did since it began: not the stage's whole time over a count that an earlier phase or a resumed
+    attempt filled. None until the phase has done something."""
+    done, total = st.get("progress_done") or 0, st.get("progress_total") or 0
+    since, done0 = st.get("progress_since"), st.get("progress_since_done") or 0
+    base_t, base_done = (since, done0) if since else (st.get("started_at") or now, 0)
+    gained = done - base_done
+    return (now - base_t) / gained * (total - done) if gained > 0 and total and done < total else None
 
 
 def _read_store(db: sqlite_utils.Database, s: MonitorState, n_events: int) -> None:
-    if not store_ready(db):
+    if not has_schema(db):
         return
     s.run = one(
         db,

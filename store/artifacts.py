@@ -74,11 +74,24 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it; another thread could create a file
+    with the wrong mode in between)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _usual_modes(root: Path) -> None:
     """Files created private (safetensors writes its files 0600) get the mode any other file gets here
     (0666 less the umask), so exported and stored weights are as readable as the rest of the folder."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
     for f in root.rglob("*"):
         if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o077 == 0:
             f.chmod(0o666 & ~mask)

@@ -115,13 +115,10 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
     every = cfg.distributed.checkpoint_every
     if par.is_main:
         resumed = latest_checkpoint(checkpoints if every else None)
-        ctx.db.execute(
-            "DELETE FROM train_steps WHERE round_id = ? AND step > ?",
-            (ctx.round_id, int(resumed.name.split("-")[1]) if resumed else 0),
-        )
+        done = int(resumed.name.split("-")[1]) if resumed else 0  # checkpoint dirs are step-<N>
+        ctx.db.execute("DELETE FROM train_steps WHERE round_id = ? AND step > ?", (ctx.round_id, done))
         if resumed:
             ctx.event(f"resuming training from checkpoint {resumed.name}")
-        done = int(resumed.name.split("-")[1]) if resumed else 0
         ctx.progress(done, optimizer_steps(len(examples), cfg.train, par.dp_size), "steps", force=True)
     summary = train_orpo(
         model,

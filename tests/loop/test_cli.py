@@ -89,3 +89,9 @@ def test_usage_mistakes_are_one_error_line(args: list[str], needle: str):
 def test_version():
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("sealong-loop, version ")
+
+
+def test_the_bare_command_prints_its_help():
+    proc = cli()
+    assert proc.stdout.startswith("Usage: sealong-loop") and "Commands:" in proc.stdout
+    assert "error:" not in proc.stdout + proc.stderr

@@ -84,6 +84,19 @@ def test_whole_round_through_cli(tmp_path_factory, tmp_path: Path):
     assert bad.returncode == 1 and out["adapter"]["id"] in bad.stdout and "Traceback" not in bad.stderr
 
 
+def test_starting_a_finished_run_again_says_so_once_and_changes_nothing(tmp_path_factory, tmp_path: Path):
+    wd = copy_workdir(tiny_ops_run(tmp_path_factory), tmp_path / "again")
+    before = one(_db(wd), "SELECT status, message, finished_at FROM runs")
+    n_events = one(_db(wd), "SELECT COUNT(*) AS n FROM events")["n"]
+    proc = cli("start", "--workdir", str(wd), "--plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nothing to do: this run had already finished (2 round(s) done (max_rounds = 2))" in proc.stdout
+    assert f"sealong-loop start --workdir {wd} --max-rounds N" in proc.stdout
+    assert "its stored config" in proc.stdout.splitlines()[0]
+    assert one(_db(wd), "SELECT status, message, finished_at FROM runs") == before  # its finish time kept
+    assert one(_db(wd), "SELECT COUNT(*) AS n FROM events")["n"] == n_events  # no second "finished" event
+
+
 def test_failed_stage_is_retried_within_bound_then_resumable(tmp_path: Path):
     wd = tmp_path / "run"
     cfg = write_config(tmp_path / "c.toml", run={"max_stage_retries": 1})

@@ -104,6 +104,8 @@ def running_copy(
         progress_total=total,
         progress_unit=unit,
         progress_note=note,
+        progress_since=None,  # no phase recorded: the rate is over the stage's time
+        progress_since_done=0,
         attempts=1,
     )
     s.current, s.controller_pid, s.stage_alive, s.rss_mb = st, 4241, True, 512.0
