@@ -133,11 +133,24 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str, bool]]:
             f"this machine has {len(p.gpus)} GPU(s); set distributed.backend = 'gloo' to run on CPU processes (slow)",
         )
     if d.sequence_parallel_size > 1:
-        fast = p.packages["flash_attn"] is not None and p.packages["ring_flash_attn"] is not None and p.cuda
+        major = str(p.packages.get("transformers") or "").split(".")[0]
+        transformers5 = major.isdigit() and int(major) >= 5  # ring-flash-attn 0.1.x cannot patch it
+        fast = (
+            p.packages["flash_attn"] is not None
+            and p.packages["ring_flash_attn"] is not None
+            and p.cuda
+            and not transformers5
+        )
         need(
             "ring-flash-attn + flash-attn for sequence parallelism (else the torch ring attention, slower)",
             fast,
-            "pip install flash-attn ring-flash-attn (CUDA only); without them the torch ring attention is used",
+            (
+                "ring-flash-attn 0.1.x does not import with transformers 5.x (it needs helpers 5.x removed): "
+                "the torch ring attention is used"
+                if transformers5
+                else "pip install flash-attn ring-flash-attn (CUDA only); without them the torch ring "
+                "attention is used"
+            ),
             optional=True,
         )
     if cfg.train.quantize == "nf4":

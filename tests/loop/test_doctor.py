@@ -67,3 +67,14 @@ def test_replicas_and_devices_count_gpus():
     assert "[MISSING] 8 CUDA GPU(s) for vLLM" in "\n".join(doctor.report(paper, four)[0])
     paper.sample.replicas = 4
     assert "[ok] 4 CUDA GPU(s) for vLLM" in "\n".join(doctor.report(paper, four)[0])
+
+
+def test_ring_flash_attn_with_transformers_5_is_reported_as_the_torch_ring():
+    """ring-flash-attn 0.1.x does not import with transformers 5.x: installed is not usable."""
+    paper = load_config(REPO / "configs" / "llama31-8b-8xh100.toml", check_paths=False)
+    box = _gpu_box(8)
+    box.packages["transformers"] = "4.57.1"
+    assert "[ok] ring-flash-attn" in "\n".join(doctor.report(paper, box)[0])
+    box.packages["transformers"] = "5.24.0"
+    text = "\n".join(doctor.report(paper, box)[0])
+    assert "[OPTIONAL] ring-flash-attn" in text and "does not import with transformers 5.x" in text
