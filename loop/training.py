@@ -75,7 +75,11 @@ def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
             model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt
         )
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
+        # transformers 5.x renamed it (the old name goes in v6); older releases have only the old one
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
         model.enable_input_require_grads()
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)

@@ -187,3 +187,13 @@ def test_models_go_where_the_config_says(tiny_model_dir):
     assert compute_device("auto") == torch.device("cpu")
     with pytest.raises(SealongError, match="policy.device = 'cuda' but torch sees no CUDA GPU"):
         load_causal_lm(tiny_model_dir, device="cuda")
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_gradient_checkpointing_is_switched_on_only_when_asked(on: bool):
+    from sealong.loop.models import build_tiny_random_llama
+
+    model, _ = build_tiny_random_llama(0)
+    peft_model = add_lora(model, TrainConfig(gradient_checkpointing=on), None)
+    layers = peft_model.get_base_model().model.layers
+    assert [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers] == [on] * len(layers)
