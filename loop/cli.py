@@ -96,15 +96,14 @@ def start(
     """
     from sealong.loop.controller import Controller, check_config_matches, holder_pid, load_stored_config
     from sealong.loop.live import LiveUI, PlainUI
-    from sealong.store.db import connect, db_path
+    from sealong.store.db import connect, db_path, require_not_a_file
 
     wd = None if workdir is None else Path(workdir)
     if config_path is None and (wd is None or not db_path(wd).exists()):
         config_path = str(DEFAULT_CONFIG)
     cfg = load_config(config_path) if config_path else None
     wd = (wd or _default_workdir(None, cfg.run.name if cfg else "tiny-cpu")).resolve()
-    if wd.exists() and not wd.is_dir():
-        raise SealongError(f"--workdir {wd} is a file, not a directory")
+    require_not_a_file(wd)  # before --detach makes it, or questions are read for it
     pid = holder_pid(wd)
     if pid:
         raise SealongError(

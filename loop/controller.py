@@ -159,13 +159,17 @@ def questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
     return [("train", q) for q in train] + [("eval", q) for q in evals]
 
 
-def check_config_matches(db: sqlite_utils.Database, cfg: Config, workdir: Path) -> None:
-    """A resumed run keeps the config it started with: refuse another one, saying where they differ."""
+def check_config_matches(db: sqlite_utils.Database, cfg: Config, workdir: Path) -> Config | None:
+    """A resumed run keeps the config it started with: refuse another one, saying where they differ.
+    Returns the stored config (None before the run exists)."""
     run = one(db, "SELECT config_json FROM runs ORDER BY id LIMIT 1")
-    if run is None or cfg.source_path == "<stored>":
-        return
-    stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml")).to_dict()
-    diff = [f"[{s}] {k}" for s, sec in cfg.to_dict().items() for k, v in sec.items() if stored[s][k] != v]
+    if run is None:
+        return None
+    stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml"))
+    if cfg.source_path == "<stored>":
+        return stored
+    old = stored.to_dict()
+    diff = [f"[{s}] {k}" for s, sec in cfg.to_dict().items() for k, v in sec.items() if old[s][k] != v]
     if diff:
         rounds_hint = (
             "; to change the number of rounds, resume without --config and with --max-rounds N"
@@ -177,6 +181,7 @@ def check_config_matches(db: sqlite_utils.Database, cfg: Config, workdir: Path) 
             f"{', …' if len(diff) > 6 else ''}); resume it without --config, or use a new --workdir"
             + rounds_hint
         )
+    return stored
 
 
 def ensure_run(
@@ -190,8 +195,7 @@ def ensure_run(
     check the config matches."""
     run = one(db, "SELECT * FROM runs ORDER BY id LIMIT 1")
     if run is not None:
-        check_config_matches(db, cfg, workdir)
-        stored = config_from_dict(json.loads(run["config_json"]), str(workdir / "config.toml"))
+        stored = check_config_matches(db, cfg, workdir)
         if max_rounds is not None:
             db.execute("UPDATE runs SET max_rounds = ? WHERE id = ?", (max_rounds, run["id"]))
         if not (workdir / "config.toml").is_file():  # killed between creating the run and writing it

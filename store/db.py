@@ -198,6 +198,14 @@ EMPTY_WAIT_S = 0.5
 EMPTY_GRACE_S = 2.0
 
 
+def require_not_a_file(workdir: Path) -> None:
+    """A workdir path naming an existing regular file is a usage error (exit 2)."""
+    from sealong.loop.errors import SealongError
+
+    if workdir.exists() and not workdir.is_dir():
+        raise SealongError(f"--workdir {workdir} is a file, not a directory")
+
+
 def connect(workdir: str | Path, readonly: bool = False) -> sqlite_utils.Database:
     """Open the workdir's database. Read-only connections refuse writes in SQLite itself.
 
@@ -212,8 +220,7 @@ def connect(workdir: str | Path, readonly: bool = False) -> sqlite_utils.Databas
 
     wd = Path(workdir)
     path = db_path(workdir)
-    if wd.exists() and not wd.is_dir():
-        raise SealongError(f"--workdir {wd} is a file, not a directory")
+    require_not_a_file(wd)
     if path.is_dir():
         from sealong.loop.errors import IntegrityError
 
