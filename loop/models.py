@@ -21,6 +21,9 @@ import importlib.util
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +284,14 @@ def load_causal_lm(
     return model
 
 
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """PEFT reads transformers 5's deprecated `is_gradient_checkpointing` (a FutureWarning per wrap); hide that one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_policy(
     base_dir: Path,
     adapter_dir: Path | None,
@@ -295,7 +306,8 @@ def load_policy(
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
         model.eval()
     return model
 

@@ -68,6 +68,7 @@ def lora_parameters(model) -> dict[str, torch.Tensor]:
 
 def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from sealong.loop.models import peft_quietly
 
     ckpt = {"use_reentrant": False}  # torch's recommended checkpointing; the reentrant one is deprecated
     if cfg.quantize == "nf4":
@@ -82,7 +83,8 @@ def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
         model.enable_input_require_grads()
     if init_adapter is not None:
-        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -91,7 +93,8 @@ def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with peft_quietly():
+        return get_peft_model(model, lora)
 
 
 def decoder_and_head(peft_model):
