@@ -130,14 +130,14 @@ def test_resume_from_mid_epoch_checkpoint_matches_uninterrupted(tiny_model, tmp_
         seed=1,
         checkpoint_dir=ckpt,
         checkpoint_every=2,
-        stop_after=3,
-    )  # "killed" after step 3: the last checkpoint is step 2
-    assert first["steps"] == 3 and [p.name for p in sorted(ckpt.iterdir())] == ["step-000002"]
+        stop_after=5,
+    )  # "killed" after step 5: checkpoints were written at steps 2 and 4, and only the newest is kept
+    assert first["steps"] == 5 and [p.name for p in sorted(ckpt.iterdir())] == ["step-000004"]
     resumed = fresh()
     summary = train_orpo(
         resumed, examples, cfg, tok.pad_token_id, seed=1, checkpoint_dir=ckpt, checkpoint_every=2
     )
-    assert summary["resumed_from_step"] == 2 and summary["steps"] == 6
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 6
     want, got = lora_parameters(straight), lora_parameters(resumed)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
