@@ -430,7 +430,7 @@ def doctor(config_path: str | None, as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from sealong.loop.doctor import needs, probe, report
+    from sealong.loop.doctor import config_notes, needs, probe, report
 
     cfg = load_config(config_path or DEFAULT_CONFIG, check_paths=False)
     p = probe()
@@ -445,6 +445,7 @@ def doctor(config_path: str | None, as_json: bool) -> None:
                     {"need": w, "ok": ok, "fix": fix, "optional": optional} for w, ok, fix, optional in checks
                 ],
                 "ready": ready,
+                "notes": config_notes(cfg),
             }
         )
     else:
@@ -481,6 +482,48 @@ def verify(workdir: str, finished: bool) -> None:
         click.echo(f"{len(problems)} problem(s) in {wd}", err=True)
         sys.exit(1)
     click.echo(f"ok: {wd} is consistent" + (" and finished" if finished else ""))
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, help="The run's config (its [distributed] section).")
+@click.option("--node-rank", type=int, required=True, help="This node's number: 1 … distributed.nnodes - 1.")
+@click.option(
+    "--scratch",
+    default="~/.cache/sealong-worker",
+    show_default=True,
+    help="This node's own directory: logs, temp files, bundled models rebuilt here.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.IntRange(10, 86400),
+    default=600,
+    show_default=True,
+    help="Seconds to wait for a training stage before starting to wait again.",
+)
+@click.option("--once", is_flag=True, help="Leave after one training stage (exit 0 if it succeeded here).")
+def worker(config_path: str, node_rank: int, scratch: str, wait_s: int, once: bool) -> None:
+    """Another node's share of a multi-node training stage (distributed.nnodes > 1).
+
+    Run once on each node other than the controller's: it waits for each training stage, joins it with
+    nproc_per_node ranks, and waits for the next, until Ctrl-C. Its ranks get the round's data and the
+    starting weights from rank 0 on the controller's node, so this node needs the config and the base
+    model (at policy.model), not the workdir. distributed.rdzv_endpoint is the controller node's
+    HOST:PORT as this node reaches it.
+
+    Example: sealong-loop worker --config configs/llama31-8b-8xh100.toml --node-rank 1
+    """
+    from sealong.loop.worker import serve
+
+    def log(msg: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {msg}")
+
+    try:
+        rc = serve(Path(config_path), node_rank, Path(os.path.expanduser(scratch)), wait_s, once, log)
+    except KeyboardInterrupt:
+        click.echo("worker stopped", err=True)
+        sys.exit(130)
+    sys.exit(rc)
 
 
 def main() -> None:

@@ -126,9 +126,14 @@ class DistributedConfig:
     nproc_per_node: int = 1
     sequence_parallel_size: int = 1  # ranks that split one sequence (ring attention)
     backend: Literal["auto", "nccl", "gloo"] = "auto"
-    rdzv_backend: str = "c10d"
+    # nnodes > 1: the controller's node is node 0 and hosts the rendezvous at rdzv_endpoint (its address
+    # as the other nodes see it); every other node runs `sealong-loop worker --node-rank K`.
+    rdzv_backend: Literal["static", "c10d"] = "static"
     rdzv_endpoint: str = "localhost:29400"
     rdzv_id: str = "sealong"
+    rdzv_timeout: int = (
+        600  # seconds the controller's node waits for the other nodes to join a training stage
+    )
     checkpoint_every: int = 0  # optimizer steps between resumable training checkpoints (0: none)
 
     @property
@@ -375,6 +380,20 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         "checkpoint_every",
         f"must be >= 0 (got {ds.checkpoint_every})",
     )
+    need(
+        ds.nnodes == 1 or ds.rdzv_backend == "static",
+        "distributed",
+        "rdzv_backend",
+        "must be 'static' when nnodes > 1: rank 0, which records the stage, must run on the controller's "
+        "node, and c10d numbers the nodes in its own order",
+    )
+    need(
+        ds.nnodes == 1 or _has_port(ds.rdzv_endpoint),
+        "distributed",
+        "rdzv_endpoint",
+        f"must be HOST:PORT, this node's address as the other nodes reach it (got {ds.rdzv_endpoint!r})",
+    )
+    need(ds.rdzv_timeout >= 1, "distributed", "rdzv_timeout", f"must be >= 1 (got {ds.rdzv_timeout})")
     v = cfg.vllm
     need(
         v.max_lora_rank >= cfg.train.lora_r,
@@ -414,6 +433,11 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         f"must be >= 1 (got {cfg.embedder.batch_size})",
     )
     return p
+
+
+def _has_port(endpoint: str) -> bool:
+    host, _, port = endpoint.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 # The models a spec can name without a directory (loop/models.py builds or converts them)

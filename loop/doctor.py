@@ -180,6 +180,19 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str, bool]]:
     return out
 
 
+def config_notes(cfg: Config) -> list[str]:
+    """What a config needs that doctor cannot check from this machine."""
+    d = cfg.distributed
+    if d.nnodes == 1:
+        return []
+    return [
+        f"training spans {d.nnodes} nodes: this one (the controller's) is node 0 and hosts the rendezvous at "
+        f"{d.rdzv_endpoint}, which must be its HOST:PORT as the others reach it; on each node K = 1 … "
+        f"{d.nnodes - 1} run `sealong-loop worker --config {cfg.source_path} --node-rank K` (the same "
+        "[distributed] section, the base model at its policy.model); doctor cannot check them from here"
+    ]
+
+
 def report(cfg: Config | None, p: Probe) -> tuple[list[str], bool]:
     """Lines for the terminal and whether the config can run here."""
     lines = [f"python {p.python}   torch {p.torch or 'MISSING'}   CUDA {'yes' if p.cuda else 'no'}"]
@@ -207,4 +220,5 @@ def report(cfg: Config | None, p: Probe) -> tuple[list[str], bool]:
         )
         + (f"; {slower} optional faster path(s) unavailable" if slower else "")
     )
+    lines += [f"note: {n}" for n in config_notes(cfg)]
     return lines, ready

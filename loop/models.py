@@ -151,7 +151,11 @@ def prepare_base_model(spec: str, workdir: str | Path, seed: int = 0) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         _clean_config_json(tmp)
-        (tmp / "SEALONG_SOURCE.json").write_text(json.dumps({"spec": spec}))
+        source = {
+            "spec": spec,
+            **({"seed": seed} if spec == "tiny-random-llama" else {}),
+        }  # its weights' seed
+        (tmp / "SEALONG_SOURCE.json").write_text(json.dumps(source))
     if entry:
         _fill_cache_entry(entry, final)
     return final
@@ -208,6 +212,22 @@ def _fill_cache_entry(entry: Path, final: Path) -> None:
 
 def base_model_sha(path: Path) -> str:
     return sha256_dir(path)
+
+
+def base_model_fingerprint(path: Path) -> str:
+    """A cheap identity of a model directory, for ranks on different nodes to check they hold the same
+    base: config.json's content and every weight file's name and size (hashing 16 GB each round would not be
+    cheap)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    config = path / "config.json"
+    h.update(config.read_bytes() if config.is_file() else b"no config.json")
+    source = path / "SEALONG_SOURCE.json"  # a bundled or test model: what it was built from
+    if source.is_file():
+        h.update(source.read_bytes())
+    for f in sorted(path.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
 
 
 def torch_dtype(name: str):

@@ -84,3 +84,45 @@ def build_groups(sp_size: int) -> Parallel:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# -- rank 0 speaks for the job ----------------------------------------------------------------------------------
+# Only global rank 0 reads the store and the workdir; every other rank, on this node or another, gets what it
+# needs from rank 0 through these collectives. Every rank must call them in the same order.
+
+
+def share(obj, par: Parallel):
+    """Rank 0's `obj` on every rank (pickled; for the stage's data, not for tensors)."""
+    if par.world == 1:
+        return obj
+    box = [obj if par.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class RankDisagreement(RuntimeError):
+    """A rank found its inputs differ from rank 0's; raised on every rank at once, so none hangs."""
+
+
+def agree(problem: str | None, par: Parallel) -> None:
+    """Every rank states its problem (None: none); if any rank has one, every rank raises, naming them."""
+    if par.world == 1:
+        if problem:
+            raise RankDisagreement(problem)
+        return
+    found: list = [None] * par.world
+    dist.all_gather_object(found, problem)
+    bad = [f"rank {r}: {p}" for r, p in enumerate(found) if p]
+    if bad:
+        raise RankDisagreement("; ".join(bad))
+
+
+def broadcast_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Broadcast rank 0's values of t in place through `device` (NCCL moves CUDA tensors only)."""
+    if t.device == device:
+        dist.broadcast(t, src=0)
+        return t
+    buf = t.to(device)
+    dist.broadcast(buf, src=0)
+    t.copy_(buf.to(t.device))
+    return t

@@ -307,6 +307,63 @@ def load_checkpoint(path: Path, model, opt: torch.optim.Optimizer) -> int:
     return json.loads((path / "meta.json").read_text())["step"]
 
 
+def sync_from_main(model, opt: torch.optim.Optimizer, start: int, par: Parallel) -> int:
+    """Give every rank rank 0's trainable weights and, when resuming, its optimizer state and RNG state.
+
+    Rank 0 alone opens the workdir (the champion adapter it started from, its checkpoints); ranks on other
+    nodes have no copy of it. Returns the step to start from.
+    """
+    from sealong.loop.parallel import agree, broadcast_tensor, share
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    names = sorted(params)
+    state_layout = {}
+    if par.is_main and start:
+        for n in names:
+            state_layout[n] = {
+                k: (tuple(v.shape), str(v.dtype).removeprefix("torch."), v.device.type)
+                for k, v in opt.state[params[n]].items()
+                if torch.is_tensor(v)
+            }
+    meta = share(
+        {
+            "start": start,
+            "names": names,
+            "state": state_layout,
+            "rng": torch.get_rng_state() if start else None,
+            "cuda_rng": torch.cuda.get_rng_state() if start and torch.cuda.is_available() else None,
+        },
+        par,
+    )
+    agree(
+        None
+        if names == meta["names"]
+        else f"its LoRA parameters differ from rank 0's ({len(names)} vs {len(meta['names'])}: "
+        f"is train.* or the base model different on this node?)",
+        par,
+    )
+    device = params[names[0]].device
+    with torch.no_grad():
+        for n in names:
+            broadcast_tensor(params[n].data, device)
+        for n, layout in meta["state"].items():
+            p = params[n]
+            if not par.is_main:
+                opt.state[p] = {
+                    k: torch.empty(
+                        shape, dtype=getattr(torch, dt), device="cpu" if where == "cpu" else p.device
+                    )
+                    for k, (shape, dt, where) in layout.items()
+                }
+            for k in layout:
+                broadcast_tensor(opt.state[p][k], device)
+    if meta["start"] and not par.is_main:
+        torch.set_rng_state(meta["rng"])
+        if meta["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(meta["cuda_rng"])
+    return meta["start"]
+
+
 # -- the loop -------------------------------------------------------------------------------------------------
 
 
@@ -345,8 +402,10 @@ def train_orpo(
             return cfg.lr * (step + 1) / (warmup + 1)
         return cfg.lr * (1.0 - 0.9 * (step - warmup) / max(1, total_steps - warmup))
 
-    resume = latest_checkpoint(checkpoint_dir)
+    resume = latest_checkpoint(checkpoint_dir) if par.is_main else None
     start = load_checkpoint(resume, peft_model, opt) if resume else 0
+    if par.world > 1:  # only rank 0 reads checkpoints; every rank starts from its weights and state
+        start = sync_from_main(peft_model, opt, start, par)
     if par.sp_size > 1:
         from sealong.kernels.ring_attention import ring_flash_attn_available, try_enable_ring_flash_attn
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from sealong.loop import parallel
+from sealong.loop.config import Config
 from sealong.loop.errors import IntegrityError, SealongError
-from sealong.loop.models import load_causal_lm, load_tokenizer
+from sealong.loop.models import base_model_fingerprint, load_causal_lm, load_tokenizer
 from sealong.loop.prompts import build_prompt
 from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
 from sealong.loop.stages.common import base_dir, verified_adapter_dir
@@ -37,41 +39,54 @@ WHERE p.round_id = ? ORDER BY p.id
 
 
 def run(ctx: StageContext) -> None:
-    """One process, or every rank of a torchrun job (rank 0 alone writes files and rows)."""
+    """One process, or every rank of a torchrun job on the controller's node. Rank 0 alone reads the
+    store and writes files and rows; the other ranks (`follow`) get the pairs and the starting weights
+    from it, as the ranks of other nodes do (sealong.loop.worker)."""
     d = ctx.cfg.distributed
     par = parallel.setup(d.sequence_parallel_size, d.backend, ctx.cfg.policy.device)
     try:
-        _train(ctx, par)
+        if par.is_main:
+            _train(ctx, par)
+        else:
+            follow(par, base_dir(ctx))
     finally:
         parallel.teardown()
 
 
-def _train(ctx: StageContext, par: parallel.Parallel) -> None:
-    cfg = ctx.cfg
-    pairs = rows(ctx.db, PAIRS_SQL, (ctx.round_id,))
-    if not pairs:
-        raise SealongError(
-            "no preference pairs this round (every question was degenerate); nothing to train on"
-        )
-    adapter_id = adapter_id_for_round(ctx.round_idx)
-    adapters_dir = ctx.workdir / "adapters"
-    final = adapters_dir / adapter_id
-    checkpoints = ctx.workdir / "checkpoints" / f"round{ctx.round_idx:03d}"
-    if par.is_main:
-        adapters_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(adapters_dir)
-        remove_stale_temps(checkpoints)
-        if one(ctx.db, "SELECT 1 AS x FROM adapters WHERE id = ?", (adapter_id,)):
-            raise IntegrityError(
-                f"{adapter_id} is already recorded, but its train stage is not done; refusing to "
-                f"overwrite it (run `sealong-loop status --workdir {ctx.workdir}` and inspect)"
+def _job(ctx: StageContext, pairs: list[dict], base: Path) -> dict:
+    """What every other rank needs from rank 0: the run's config, this round's pairs, the base's identity."""
+    return {
+        "config": ctx.cfg,
+        "round_idx": ctx.round_idx,
+        "pairs": [{k: p[k] for k in ("context", "question", "chosen", "rejected")} for p in pairs],
+        "base": base_model_fingerprint(base),
+    }
+
+
+def follow(par: parallel.Parallel, base: Path | None, problem: str | None = None) -> None:
+    """A rank other than 0, on any node: train on rank 0's job with the base model at `base`; write nothing.
+
+    Everything that shapes the result comes from rank 0's config; this node's base must be the same model
+    (`base_model_fingerprint`). A rank that cannot go on (`problem`, or a different base) says so to every
+    rank (`parallel.agree`), so the job fails at once with its reason instead of hanging in a collective."""
+    job = parallel.share(None, par)
+    if job is None:
+        return  # rank 0 could not start this stage; it records why
+    if problem is None and base is not None:
+        mine = base_model_fingerprint(base)
+        if mine != job["base"]:
+            problem = (
+                f"its base model {base} ({mine[:12]}) is not rank 0's ({job['base'][:12]}); "
+                "point policy.model on this node at the same model"
             )
-        if final.exists():  # a killed attempt renamed it but never recorded it: not ours to trust
-            shutil.rmtree(final)
-    base = base_dir(ctx)
+    parallel.agree(problem, par)
+    cfg: Config = job["config"]
+    model, tok, examples = _prepare(cfg, base, None, job["pairs"])
+    train_orpo(model, examples, cfg.train, tok.pad_token_id, cfg.run.seed + job["round_idx"], par=par)
+
+
+def _prepare(cfg: Config, base: Path, init: Path | None, pairs: list[dict]):
     tok = load_tokenizer(base, cfg.policy.trust_remote_code)
-    champ = champion(ctx.db, ctx.run_id)
-    init = verified_adapter_dir(ctx, champ["id"]) if (champ and cfg.train.init == "champion") else None
     model = load_causal_lm(
         base, cfg.policy.dtype, cfg.train.quantize, cfg.policy.trust_remote_code, cfg.policy.device
     )
@@ -84,10 +99,43 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         c_ids, c_lab = encode_response(tok, prompt.input_ids, p["chosen"], cfg.train.max_length)
         r_ids, r_lab = encode_response(tok, prompt.input_ids, p["rejected"], cfg.train.max_length)
         examples.append(PairExample(c_ids, c_lab, r_ids, r_lab))
+    return model, tok, examples
+
+
+def _train(ctx: StageContext, par: parallel.Parallel) -> None:
+    cfg = ctx.cfg
+    adapter_id = adapter_id_for_round(ctx.round_idx)
+    adapters_dir = ctx.workdir / "adapters"
+    final = adapters_dir / adapter_id
+    checkpoints = ctx.workdir / "checkpoints" / f"round{ctx.round_idx:03d}"
+    try:
+        pairs = rows(ctx.db, PAIRS_SQL, (ctx.round_id,))
+        if not pairs:
+            raise SealongError(
+                "no preference pairs this round (every question was degenerate); nothing to train on"
+            )
+        adapters_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(adapters_dir)
+        remove_stale_temps(checkpoints)
+        if one(ctx.db, "SELECT 1 AS x FROM adapters WHERE id = ?", (adapter_id,)):
+            raise IntegrityError(
+                f"{adapter_id} is already recorded, but its train stage is not done; refusing to "
+                f"overwrite it (run `sealong-loop status --workdir {ctx.workdir}` and inspect)"
+            )
+        if final.exists():  # a killed attempt renamed it but never recorded it: not ours to trust
+            shutil.rmtree(final)
+        base = base_dir(ctx)
+        champ = champion(ctx.db, ctx.run_id)
+        init = verified_adapter_dir(ctx, champ["id"]) if (champ and cfg.train.init == "champion") else None
+        job = _job(ctx, pairs, base)
+    except BaseException:
+        parallel.share(None, par)  # the other ranks wait for the job: tell them there is none, then fail
+        raise
+    parallel.share(job, par)
+    parallel.agree(None, par)  # the other ranks check their base model against rank 0's
+    model, tok, examples = _prepare(cfg, base, init, pairs)
 
     def on_step(rec: dict) -> None:
-        if not par.is_main:
-            return
         ctx.db.execute(
             "INSERT INTO train_steps (round_id, step, loss, nll, or_loss, log_odds_ratio, lr, grad_norm, tokens_per_s, ts) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -113,13 +161,12 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         )
 
     every = cfg.distributed.checkpoint_every
-    if par.is_main:
-        resumed = latest_checkpoint(checkpoints if every else None)
-        done = int(resumed.name.split("-")[1]) if resumed else 0  # checkpoint dirs are step-<N>
-        ctx.db.execute("DELETE FROM train_steps WHERE round_id = ? AND step > ?", (ctx.round_id, done))
-        if resumed:
-            ctx.event(f"resuming training from checkpoint {resumed.name}")
-        ctx.progress(done, optimizer_steps(len(examples), cfg.train, par.dp_size), "steps", force=True)
+    resumed = latest_checkpoint(checkpoints if every else None)
+    done = int(resumed.name.split("-")[1]) if resumed else 0  # checkpoint dirs are step-<N>
+    ctx.db.execute("DELETE FROM train_steps WHERE round_id = ? AND step > ?", (ctx.round_id, done))
+    if resumed:
+        ctx.event(f"resuming training from checkpoint {resumed.name}")
+    ctx.progress(done, optimizer_steps(len(examples), cfg.train, par.dp_size), "steps", force=True)
     summary = train_orpo(
         model,
         examples,
@@ -131,8 +178,6 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         checkpoints if every else None,
         every,
     )
-    if not par.is_main:
-        return
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     digest = sha256_dir(final)

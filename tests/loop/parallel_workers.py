@@ -87,3 +87,42 @@ def train_and_save(rank: int, world: int, sp_size: int, out_path: str, checkpoin
             {"lora": {n: p.detach().clone() for n, p in lora_parameters(model).items()}, "summary": summary},
             out_path,
         )
+
+
+def resume_on_rank0_only(rank: int, world: int, sp_size: int, out_path: str, ckpt_dir: str) -> None:
+    """Train 1 step with a checkpoint, then resume in fresh models: only rank 0 reads the checkpoint (ranks
+    of other nodes have no workdir), and rank 1 starts from wrong LoRA weights each time. Rank 0's weights
+    and optimizer state must reach every rank, or the result differs from one uninterrupted process."""
+    from pathlib import Path
+
+    from sealong.loop.parallel import build_groups
+    from sealong.loop.training import lora_parameters, train_orpo
+
+    par = build_groups(sp_size)
+
+    def fresh():
+        model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size)
+        if rank:
+            with torch.no_grad():
+                for p in lora_parameters(model).values():
+                    p.add_(0.5)
+        return model, examples, cfg
+
+    ckpt = Path(ckpt_dir) if rank == 0 else Path(ckpt_dir) / f"rank{rank}-sees-nothing"
+    model, examples, cfg = fresh()
+    first = train_orpo(
+        model, examples, cfg, pad_id=0, seed=3, par=par, checkpoint_dir=ckpt, checkpoint_every=1, stop_after=1
+    )
+    model, examples, cfg = fresh()
+    summary = train_orpo(
+        model, examples, cfg, pad_id=0, seed=3, par=par, checkpoint_dir=ckpt, checkpoint_every=1
+    )
+    if rank == 0:
+        torch.save(
+            {
+                "lora": {n: p.detach().clone() for n, p in lora_parameters(model).items()},
+                "summary": summary,
+                "first": first,
+            },
+            out_path,
+        )

@@ -95,3 +95,18 @@ def test_the_bare_command_prints_its_help():
     proc = cli()
     assert proc.stdout.startswith("Usage: sealong-loop") and "Commands:" in proc.stdout
     assert "error:" not in proc.stdout + proc.stderr
+
+
+def test_worker_refuses_a_single_node_config_and_a_wrong_node_rank(tmp_path: Path):
+    from ..conftest import write_config
+
+    one = cli("worker", "--config", str(REPO / "configs" / "tiny-cpu.toml"), "--node-rank", "1")
+    assert one.returncode == 2 and one.stdout == "" and one.stderr.count("\n") == 1
+    assert "distributed.nnodes is 1; a worker node is only needed when it is 2 or more" in one.stderr
+    two = write_config(tmp_path / "two.toml", distributed={"nnodes": 2, "rdzv_endpoint": "127.0.0.1:29400"})
+    for rank in ("0", "2"):
+        bad = cli("worker", "--config", str(two), "--node-rank", rank, "--scratch", str(tmp_path / "s"))
+        assert bad.returncode == 2 and "--node-rank must be 1 … 1 (node 0 is the controller's" in bad.stderr
+    assert not (tmp_path / "s").exists()
+    doctor = cli("doctor", "--config", str(two))
+    assert "note: training spans 2 nodes" in doctor.stdout and "--node-rank K" in doctor.stdout

@@ -75,6 +75,28 @@ def test_impossible_values():
         assert needle in problems
 
 
+def test_multi_node_needs_a_static_rendezvous_at_a_host_and_port():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(
+            {
+                "distributed": {
+                    "nnodes": 2,
+                    "rdzv_backend": "c10d",
+                    "rdzv_endpoint": "node0",
+                    "rdzv_timeout": 0,
+                }
+            }
+        )
+    problems = "\n".join(e.value.problems)
+    assert "rdzv_backend: must be 'static' when nnodes > 1" in problems
+    assert "rdzv_endpoint: must be HOST:PORT" in problems and "rdzv_timeout: must be >= 1" in problems
+    ok = config_from_dict({"distributed": {"nnodes": 2, "rdzv_endpoint": "10.0.0.1:29400"}})
+    assert ok.distributed.rdzv_backend == "static" and ok.distributed.world_size == 2
+    assert (
+        config_from_dict({"distributed": {"rdzv_backend": "c10d"}}).distributed.nnodes == 1
+    )  # stored configs
+
+
 def test_defaults_are_valid():
     assert isinstance(config_from_dict({}), Config)
 

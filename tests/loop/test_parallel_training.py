@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from parallel_workers import run_distributed, tiny_setup, train_and_save  # noqa: E402
+from parallel_workers import resume_on_rank0_only, run_distributed, tiny_setup, train_and_save  # noqa: E402
 from sealong.loop.training import lora_parameters, train_orpo  # noqa: E402
 
 from ..conftest import cli, write_config  # noqa: E402
@@ -43,26 +43,81 @@ def test_parallel_training_matches_one_process(tmp_path: Path, world: int, sp: i
         torch.testing.assert_close(got["lora"][name], ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_train_stage_under_torchrun(tmp_path: Path):
+def test_resume_reads_the_checkpoint_on_rank0_and_every_rank_follows(tmp_path: Path):
+    """Across nodes only rank 0 has the workdir: the other ranks get the starting LoRA weights and, when
+    resuming, the optimizer state from rank 0 (training.sync_from_main). Rank 1 starts from wrong weights."""
+    want, want_summary = _single_process()
+    out = tmp_path / "rank0.pt"
+    run_distributed(resume_on_rank0_only, 2, 2, str(out), str(tmp_path / "ckpt"))
+    got = torch.load(out, weights_only=True)
+    assert got["first"]["steps"] == 1 and got["summary"]["resumed_from_step"] == 1
+    assert got["summary"]["steps"] == want_summary["steps"] == 2
+    for name, ref in want.items():
+        torch.testing.assert_close(got["lora"][name], ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_train_stage_under_torchrun_on_one_node_and_across_two(tmp_path: Path):
+    """The train stage under torchrun from the controller (2 ranks, SP = 2), then the same run with the two
+    ranks on two "nodes": node 1 is `sealong-loop worker`, with its own scratch directory and no workdir.
+    The ranks compute the same things in the same order, so the adapters are equal."""
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+    from sealong.store.db import connect, one
+
+    from ..conftest import CLI
+
+    layout = {"sequence_parallel_size": 2, "backend": "gloo", "checkpoint_every": 1}
     cfg = write_config(
-        tmp_path / "c.toml",
-        distributed={
-            "nproc_per_node": 2,
-            "sequence_parallel_size": 2,
-            "backend": "gloo",
-            "checkpoint_every": 1,
-        },
-        train={"loss": "fused"},
+        tmp_path / "c.toml", distributed={**layout, "nproc_per_node": 2}, train={"loss": "fused"}
     )
     wd = tmp_path / "run"
     proc = cli("start", "--config", str(cfg), "--workdir", str(wd), check=True)
     assert "finished: 1 round(s) done" in proc.stdout
-    import json
-
-    from sealong.store.db import connect, one
-
     out = json.loads(
         one(connect(wd, readonly=True), "SELECT output_json FROM stages WHERE name = 'train'")["output_json"]
     )
     assert out["world"] == 2 and out["sequence_parallel"] == 2 and out["steps"] >= 1
     assert not (wd / "checkpoints" / "round000").exists()  # spent checkpoints are removed once recorded
+
+    two = write_config(
+        tmp_path / "two.toml",
+        distributed={
+            **layout,
+            "nnodes": 2,
+            "nproc_per_node": 1,
+            "rdzv_endpoint": f"127.0.0.1:{_free_port()}",
+        },
+        train={"loss": "fused"},
+    )
+    scratch = tmp_path / "node1"
+    worker = subprocess.Popen(
+        [*CLI, "worker", "--config", str(two), "--node-rank", "1", "--scratch", str(scratch), "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wd2 = tmp_path / "run-two-nodes"
+        proc = cli("start", "--config", str(two), "--workdir", str(wd2), check=True)
+        assert "finished: 1 round(s) done" in proc.stdout
+        said, _ = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0 and "node 1: trained with the controller" in said, said
+    assert (scratch / "models" / "base" / "config.json").is_file()  # its own base, not the workdir's
+    a = load_file(wd / "adapters" / "adapter-r000" / "adapter_model.safetensors")
+    b = load_file(wd2 / "adapters" / "adapter-r000" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)

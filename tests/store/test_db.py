@@ -30,6 +30,20 @@ def test_migrations_are_named_recorded_and_idempotent(tmp_path: Path):
     )
 
 
+def test_what_the_monitor_reads_every_second_is_answered_from_covering_indexes(tmp_path: Path):
+    from sealong.store.lineage import ADAPTER_METRICS_SQL
+
+    db = connect(tmp_path)
+
+    def plan(sql: str) -> str:
+        return " ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+
+    assert "COVERING INDEX samples_round_tokens" in plan(
+        "SELECT COALESCE(SUM(n_tokens), 0) AS n FROM samples WHERE round_id = 1"
+    )
+    assert "COVERING INDEX evals_model_task" in plan(ADAPTER_METRICS_SQL)
+
+
 def test_readonly_connection_refuses_writes(tmp_path: Path):
     connect(tmp_path)
     ro = connect(tmp_path, readonly=True)
