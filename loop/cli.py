@@ -521,8 +521,11 @@ def worker(config_path: str, node_rank: int, scratch: str, wait_s: int, once: bo
     try:
         rc = serve(Path(config_path), node_rank, Path(os.path.expanduser(scratch)), wait_s, once, log)
     except KeyboardInterrupt:
+        rc = 130
+    except SystemExit as e:  # a stop signal, after the agent and its ranks were stopped
+        rc = int(e.code or 0)
+    if rc >= 128:
         click.echo("worker stopped", err=True)
-        sys.exit(130)
     sys.exit(rc)
 
 

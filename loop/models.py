@@ -216,15 +216,16 @@ def base_model_sha(path: Path) -> str:
 
 def base_model_fingerprint(path: Path) -> str:
     """A cheap identity of a model directory, for ranks on different nodes to check they hold the same
-    base: config.json's content and every weight file's name and size (hashing 16 GB each round would not be
-    cheap)."""
+    base: config.json's and the tokenizer files' content, and every weight file's name and size (hashing
+    16 GB of weights each round would not be cheap)."""
     path = Path(path)
     h = hashlib.sha256()
     config = path / "config.json"
     h.update(config.read_bytes() if config.is_file() else b"no config.json")
-    source = path / "SEALONG_SOURCE.json"  # a bundled or test model: what it was built from
-    if source.is_file():
-        h.update(source.read_bytes())
+    for name in ("SEALONG_SOURCE.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        f = path / name  # what a bundled or test model was built from; the tokenizer every rank encodes with
+        if f.is_file():
+            h.update(name.encode() + f.read_bytes())
     for f in sorted(path.glob("*.safetensors")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()

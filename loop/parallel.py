@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass
@@ -51,7 +54,9 @@ def setup(sp_size: int, backend: str = "auto", device: str = "auto") -> Parallel
     if backend == "auto":
         backend = "nccl" if on_cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        # A rank that dies outside the agreed checks (loop/stages/train.py) leaves the others waiting in a
+        # collective: bounded here (NCCL's default; gloo's is 30 min).
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
     return build_groups(sp_size)
 
 

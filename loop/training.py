@@ -307,18 +307,21 @@ def load_checkpoint(path: Path, model, opt: torch.optim.Optimizer) -> int:
     return json.loads((path / "meta.json").read_text())["step"]
 
 
-def sync_from_main(model, opt: torch.optim.Optimizer, start: int, par: Parallel) -> int:
+def sync_from_main(
+    model, opt: torch.optim.Optimizer, start: int, par: Parallel, failed: BaseException | None = None
+) -> int:
     """Give every rank rank 0's trainable weights and, when resuming, its optimizer state and RNG state.
 
     Rank 0 alone opens the workdir (the champion adapter it started from, its checkpoints); ranks on other
     nodes have no copy of it. Returns the step to start from.
     """
-    from sealong.loop.parallel import agree, broadcast_tensor, share
+    from sealong.loop.parallel import RankDisagreement, agree, broadcast_tensor, share
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     names = sorted(params)
+    shapes = [(n, tuple(params[n].shape), str(params[n].dtype)) for n in names]
     state_layout = {}
-    if par.is_main and start:
+    if par.is_main and start and failed is None:
         for n in names:
             state_layout[n] = {
                 k: (tuple(v.shape), str(v.dtype).removeprefix("torch."), v.device.type)
@@ -328,18 +331,23 @@ def sync_from_main(model, opt: torch.optim.Optimizer, start: int, par: Parallel)
     meta = share(
         {
             "start": start,
-            "names": names,
+            "failed": None if failed is None else f"{type(failed).__name__}: {failed}",
+            "shapes": shapes,
             "state": state_layout,
             "rng": torch.get_rng_state() if start else None,
             "cuda_rng": torch.cuda.get_rng_state() if start and torch.cuda.is_available() else None,
         },
         par,
     )
+    if failed is not None:  # rank 0 could not read its checkpoint: every rank stops, rank 0 with the cause
+        raise failed
+    if meta["failed"] is not None:
+        raise RankDisagreement(f"rank 0: {meta['failed']}")
     agree(
         None
-        if names == meta["names"]
-        else f"its LoRA parameters differ from rank 0's ({len(names)} vs {len(meta['names'])}: "
-        f"is train.* or the base model different on this node?)",
+        if shapes == meta["shapes"]
+        else f"its LoRA parameters (names, shapes, dtypes) differ from rank 0's ({len(shapes)} vs "
+        f"{len(meta['shapes'])}: are peft or the base model different on this node?)",
         par,
     )
     device = params[names[0]].device
@@ -403,9 +411,15 @@ def train_orpo(
         return cfg.lr * (1.0 - 0.9 * (step - warmup) / max(1, total_steps - warmup))
 
     resume = latest_checkpoint(checkpoint_dir) if par.is_main else None
-    start = load_checkpoint(resume, peft_model, opt) if resume else 0
-    if par.world > 1:  # only rank 0 reads checkpoints; every rank starts from its weights and state
-        start = sync_from_main(peft_model, opt, start, par)
+    if par.world == 1:
+        start = load_checkpoint(resume, peft_model, opt) if resume else 0
+    else:  # only rank 0 reads checkpoints; every rank starts from its weights and state
+        start, failed = 0, None
+        try:
+            start = load_checkpoint(resume, peft_model, opt) if resume else 0
+        except Exception as e:  # noqa: BLE001 - every rank fails with it, none waits
+            failed = e
+        start = sync_from_main(peft_model, opt, start, par, failed)
     if par.sp_size > 1:
         from sealong.kernels.ring_attention import ring_flash_attn_available, try_enable_ring_flash_attn
 
@@ -427,16 +441,28 @@ def train_orpo(
         # loss, nll, or_loss, log-odds ratio: sums over this rank's micro-batches (on the model's device:
         # NCCL all-reduces CUDA tensors only)
         acc = torch.zeros(4, device=params[0].device)
+        nonfinite = None
         for micro in mine:
             out, n_tok = orpo_step_loss(
                 peft_model, [examples[i] for i in micro], cfg.beta, cfg.loss, pad_id, par
             )
-            if not torch.isfinite(out.loss):
-                raise NonFiniteLoss(f"non-finite ORPO loss ({out.loss.item()}) at optimizer step {step + 1}")
+            if not torch.isfinite(out.loss):  # the same on every rank of an SP group (its loss is reduced)
+                nonfinite = out.loss.item()
+                if par.dp_size == 1:
+                    raise NonFiniteLoss(f"non-finite ORPO loss ({nonfinite}) at optimizer step {step + 1}")
+                break  # the other data-parallel groups learn of it below, so no rank waits alone
             with _sp_context(par):  # recomputed (checkpointed) attention must ring over the SP group too
                 (out.loss / len(slots)).backward()
             t_tokens += n_tok
             acc += torch.stack([out.loss, out.nll, out.or_loss, out.log_odds_ratio.mean()]).detach().float()
+        if par.dp_size > 1:
+            flag = torch.tensor([0.0 if nonfinite is None else 1.0], device=params[0].device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=par.dp_group)
+            if flag.item():
+                raise NonFiniteLoss(
+                    f"non-finite ORPO loss at optimizer step {step + 1}"
+                    + (f" ({nonfinite} on this rank)" if nonfinite is not None else " (on another rank)")
+                )
         all_reduce_grads(params, par.sp_group)
         all_reduce_grads(params, par.dp_group)
         if par.dp_group is not None:  # the logged loss is the mean over every micro-batch of the step

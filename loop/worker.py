@@ -23,6 +23,8 @@ import argparse
 import fcntl
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +49,10 @@ def check_node(cfg: Config, node_rank: int, path: str) -> None:
 
 
 def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: bool, log=print) -> int:
-    """Join training stages until stopped; returns the exit code of the last stage with `once`."""
+    """Join training stages until stopped; returns the exit code of the last stage with `once`.
+
+    SIGTERM or Ctrl-C stops the torchrun agent first (which stops its ranks; they also die with it), then
+    leaves with 130 (SIGINT) or 143 (SIGTERM)."""
     from sealong.loop.launch import worker_command
 
     cfg = load_config(config_path, check_paths=False)
@@ -57,7 +62,9 @@ def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: b
     logs.mkdir(exist_ok=True)
     cmd = worker_command(cfg, config_path.resolve(), node_rank, scratch.resolve(), wait_s)
     d = cfg.distributed
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     n = quick_failures = 0
+    signal.signal(signal.SIGTERM, _raise_stop)
     while True:
         n += 1
         (scratch / JOINED).unlink(missing_ok=True)
@@ -65,10 +72,10 @@ def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: b
             f"node {node_rank} of {d.nnodes}: waiting up to {wait_s} s for the controller's training stage "
             f"at {d.rdzv_endpoint}"
         )
-        log_path = logs / f"job-{n:04d}.log"
+        log_path = logs / f"{stamp}-job-{n:04d}.log"
         t0 = time.monotonic()
         with open(log_path, "w") as out:
-            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=_rank_env()).returncode
+            rc = _run_agent(cmd, out, scratch)
         secs = time.monotonic() - t0
         if (scratch / JOINED).exists():
             quick_failures = 0
@@ -82,25 +89,67 @@ def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: b
                     log(f"  {line}")
             if once:
                 return 0 if rc == 0 else EXIT_RETRYABLE
-        elif rc != 0 and secs < min(30.0, 0.9 * wait_s):  # failed before any rendezvous wait
-            quick_failures += 1
-            if quick_failures >= 3:
-                log(
-                    f"node {node_rank}: torchrun failed {quick_failures} times before joining; log: {log_path}"
-                )
-                for line in _tail(log_path):
-                    log(f"  {line}")
-                return EXIT_FATAL
-            time.sleep(5.0 * quick_failures)
-        else:
+            _wait_until_closed(d.rdzv_endpoint, 120.0)  # never join the ended job's store
+            continue
+        if rc != 0 and _waited_in_vain(log_path):
+            quick_failures = 0
             log_path.unlink(missing_ok=True)  # the wait ran out with no stage to join: nothing to keep
             log(f"node {node_rank}: no training stage started within {wait_s} s")
-        time.sleep(2.0)  # let the ended job's store close before joining the next one
+            continue
+        # torchrun failed without joining a stage and not for want of one: say why, and give up after 3
+        quick_failures += 1
+        log(f"node {node_rank}: torchrun failed before joining a stage (exit {rc}); log: {log_path}")
+        for line in _tail(log_path):
+            log(f"  {line}")
+        if quick_failures >= 3 or once:
+            return EXIT_FATAL
+        time.sleep(10.0 * quick_failures)
+
+
+def _raise_stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_agent(cmd: list[str], out, cwd: Path) -> int:
+    # cwd: torchrun starts the ranks without -P, and a checkout's top-level `kernels/` folder would shadow
+    # the `kernels` package bitsandbytes imports
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_rank_env(), cwd=cwd)
+    try:
+        return proc.wait()
+    except (KeyboardInterrupt, SystemExit) as e:
+        proc.send_signal(signal.SIGTERM)  # the agent stops its ranks (they run in their own sessions)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise SystemExit(e.code if isinstance(e, SystemExit) else 130) from None
+
+
+def _waited_in_vain(log_path: Path) -> bool:
+    """Did torchrun end because nobody hosted the rendezvous in time (its store client timed out)?"""
+    text = log_path.read_text(errors="replace")
+    return "client socket has timed out" in text and "trying to connect to" in text
+
+
+def _wait_until_closed(endpoint: str, limit_s: float) -> None:
+    """Wait (bounded) until nothing listens at the rendezvous endpoint: node 0's agent of the job that
+    just ended can outlive this node's by seconds, and its store would take a new agent in."""
+    host, _, port = endpoint.rpartition(":")
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2.0):
+                pass
+        except OSError:
+            return
+        time.sleep(1.0)
 
 
 def _rank_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONSAFEPATH"] = "1"  # Python 3.11+: no script or working directory on sys.path, as `python -P`
     return env
 
 
@@ -125,6 +174,7 @@ def rank_main(argv: list[str] | None = None) -> int:
     scratch = Path(args.scratch).resolve()
     from sealong.loop import stage_main
 
+    stage_main._die_with_parent(os.getppid())  # the torchrun agent: its ranks run in their own sessions
     stage_main._quiet_libraries()
     stage_main._contain_writes(scratch, alone=False)
     own = load_config(args.config, check_paths=False)
@@ -143,7 +193,12 @@ def rank_main(argv: list[str] | None = None) -> int:
     par = parallel.setup(d.sequence_parallel_size, d.backend, own.policy.device)
     (scratch / JOINED).touch()
     try:
-        train.follow(par, base, problem)
+        if not train.follow(par, base, problem):
+            print(
+                "training stopped: rank 0 could not start this stage (the controller's log says why)",
+                file=sys.stderr,
+            )
+            return EXIT_FATAL
     except parallel.RankDisagreement as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return EXIT_FATAL

@@ -63,26 +63,56 @@ def _job(ctx: StageContext, pairs: list[dict], base: Path) -> dict:
     }
 
 
-def follow(par: parallel.Parallel, base: Path | None, problem: str | None = None) -> None:
+def follow(par: parallel.Parallel, base: Path | None, problem: str | None = None) -> bool:
     """A rank other than 0, on any node: train on rank 0's job with the base model at `base`; write nothing.
+    Returns False when rank 0 had no job to give (it could not start the stage, and records why).
 
-    Everything that shapes the result comes from rank 0's config; this node's base must be the same model
-    (`base_model_fingerprint`). A rank that cannot go on (`problem`, or a different base) says so to every
-    rank (`parallel.agree`), so the job fails at once with its reason instead of hanging in a collective."""
+    Everything that shapes the result comes from rank 0's config; this node's layout must be the run's
+    and its base the same model (`base_model_fingerprint`). A rank that cannot go on (`problem`, a
+    different layout or base, a failed load) says so to every rank (`parallel.agree`), so the job fails at
+    once with its reason instead of leaving the others waiting in a collective."""
     job = parallel.share(None, par)
     if job is None:
-        return  # rank 0 could not start this stage; it records why
-    if problem is None and base is not None:
-        mine = base_model_fingerprint(base)
-        if mine != job["base"]:
-            problem = (
-                f"its base model {base} ({mine[:12]}) is not rank 0's ({job['base'][:12]}); "
-                "point policy.model on this node at the same model"
-            )
-    parallel.agree(problem, par)
+        return False
     cfg: Config = job["config"]
-    model, tok, examples = _prepare(cfg, base, None, job["pairs"])
+    d = cfg.distributed
+    if problem is None and (par.world, par.sp_size) != (d.world_size, d.sequence_parallel_size):
+        problem = (
+            f"this node's [distributed] layout (world {par.world}, sequence_parallel_size {par.sp_size}) is "
+            f"not the run's (world {d.world_size}, sequence_parallel_size {d.sequence_parallel_size})"
+        )
+    if problem is None and base is not None:
+        try:
+            mine = base_model_fingerprint(base)
+            if mine != job["base"]:
+                problem = (
+                    f"its base model {base} ({mine[:12]}) is not rank 0's ({job['base'][:12]}); "
+                    "point policy.model on this node at the same model (weights and tokenizer)"
+                )
+        except OSError as e:
+            problem = f"cannot read its base model {base}: {e}"
+    parallel.agree(problem, par)
+    model, tok, examples = _prepare_together(cfg, base, None, job["pairs"], par)
     train_orpo(model, examples, cfg.train, tok.pad_token_id, cfg.run.seed + job["round_idx"], par=par)
+    return True
+
+
+def _prepare_together(cfg: Config, base: Path, init: Path | None, pairs: list[dict], par: parallel.Parallel):
+    """_prepare on every rank; if it fails on any (out of memory, a missing package on one node), every
+    rank raises, rank 0 with its own error when it is the one that failed."""
+    try:
+        out, failed = _prepare(cfg, base, init, pairs), None
+    except Exception as e:  # noqa: BLE001 - told to every rank
+        out, failed = None, e
+    try:
+        parallel.agree(
+            None if failed is None else f"loading the model failed: {type(failed).__name__}: {failed}", par
+        )
+    except parallel.RankDisagreement:
+        if failed is not None:
+            raise failed from None
+        raise
+    return out
 
 
 def _prepare(cfg: Config, base: Path, init: Path | None, pairs: list[dict]):
@@ -129,11 +159,14 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         init = verified_adapter_dir(ctx, champ["id"]) if (champ and cfg.train.init == "champion") else None
         job = _job(ctx, pairs, base)
     except BaseException:
-        parallel.share(None, par)  # the other ranks wait for the job: tell them there is none, then fail
+        try:
+            parallel.share(None, par)  # the other ranks wait for the job: tell them there is none, then fail
+        except Exception:  # noqa: BLE001 - a dead peer: the original error is the one to report
+            pass
         raise
     parallel.share(job, par)
-    parallel.agree(None, par)  # the other ranks check their base model against rank 0's
-    model, tok, examples = _prepare(cfg, base, init, pairs)
+    parallel.agree(None, par)  # the other ranks check their layout and base model against rank 0's
+    model, tok, examples = _prepare_together(cfg, base, init, pairs, par)
 
     def on_step(rec: dict) -> None:
         ctx.db.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -93,8 +94,6 @@ def resume_on_rank0_only(rank: int, world: int, sp_size: int, out_path: str, ckp
     """Train 1 step with a checkpoint, then resume in fresh models: only rank 0 reads the checkpoint (ranks
     of other nodes have no workdir), and rank 1 starts from wrong LoRA weights each time. Rank 0's weights
     and optimizer state must reach every rank, or the result differs from one uninterrupted process."""
-    from pathlib import Path
-
     from sealong.loop.parallel import build_groups
     from sealong.loop.training import lora_parameters, train_orpo
 
@@ -126,3 +125,61 @@ def resume_on_rank0_only(rank: int, world: int, sp_size: int, out_path: str, ckp
             },
             out_path,
         )
+
+
+def _outcome(fn) -> str:
+    try:
+        fn()
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - the test reads what each rank raised
+        return f"{type(e).__name__}: {e}"
+
+
+def nan_on_one_data_parallel_rank(rank: int, world: int, sp_size: int, out_path: str) -> None:
+    """Rank 1's first micro-batch loss is NaN; rank 0's is finite: both must raise NonFiniteLoss at the same
+    step (else rank 0 waits for rank 1's gradients forever)."""
+    import sealong.loop.training as T
+    from sealong.loop.parallel import build_groups
+
+    par = build_groups(sp_size)
+    model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size)
+    if rank == 1:
+        real = T.orpo_step_loss
+
+        def poisoned(*args, **kwargs):
+            out, n = real(*args, **kwargs)
+            out.loss = out.loss * float("nan")
+            return out, n
+
+        T.orpo_step_loss = poisoned
+    said = _outcome(lambda: T.train_orpo(model, examples, cfg, pad_id=0, seed=3, par=par))
+    Path(f"{out_path}.{rank}").write_text(said)
+
+
+def follower_that_disagrees(
+    rank: int, world: int, sp_size: int, out_path: str, base_dir: str, case: str
+) -> None:
+    """Rank 0 shares a job; rank 1 follows it with a different base model or a different layout."""
+    from sealong.loop import parallel
+    from sealong.loop.config import config_from_dict
+    from sealong.loop.models import base_model_fingerprint
+    from sealong.loop.stages.train import follow
+
+    par = parallel.build_groups(sp_size)
+    if rank == 0:
+        layout = {"nproc_per_node": 2, "sequence_parallel_size": 2 if case == "layout" else 1}
+        job = {
+            "config": config_from_dict({"distributed": layout}),
+            "round_idx": 0,
+            "pairs": [],
+            "base": "0" * 64 if case == "base" else base_model_fingerprint(Path(base_dir)),
+        }
+
+        def lead():
+            parallel.share(job, par)
+            parallel.agree(None, par)
+
+        said = _outcome(lead)
+    else:
+        said = _outcome(lambda: follow(par, Path(base_dir)))
+    Path(f"{out_path}.{rank}").write_text(said)

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from parallel_workers import resume_on_rank0_only, run_distributed, tiny_setup, train_and_save  # noqa: E402
+from parallel_workers import (  # noqa: E402
+    follower_that_disagrees,
+    nan_on_one_data_parallel_rank,
+    resume_on_rank0_only,
+    run_distributed,
+    tiny_setup,
+    train_and_save,
+)
 from sealong.loop.training import lora_parameters, train_orpo  # noqa: E402
 
 from ..conftest import cli, write_config  # noqa: E402
@@ -54,6 +61,26 @@ def test_resume_reads_the_checkpoint_on_rank0_and_every_rank_follows(tmp_path: P
     assert got["summary"]["steps"] == want_summary["steps"] == 2
     for name, ref in want.items():
         torch.testing.assert_close(got["lora"][name], ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_nan_on_one_data_parallel_rank_stops_every_rank_at_the_same_step(tmp_path: Path):
+    out = tmp_path / "said"
+    run_distributed(nan_on_one_data_parallel_rank, 2, 1, str(out))
+    rank0, rank1 = (Path(f"{out}.{r}").read_text() for r in (0, 1))
+    assert rank0 == "NonFiniteLoss: non-finite ORPO loss at optimizer step 1 (on another rank)"
+    assert rank1 == "NonFiniteLoss: non-finite ORPO loss at optimizer step 1 (nan on this rank)"
+
+
+@pytest.mark.parametrize("case", ["base", "layout"])
+def test_a_follower_that_cannot_follow_stops_every_rank_with_its_reason(tmp_path: Path, tiny_model_dir, case):
+    out = tmp_path / "said"
+    run_distributed(follower_that_disagrees, 2, 1, str(out), str(tiny_model_dir), case)
+    rank0, rank1 = (Path(f"{out}.{r}").read_text() for r in (0, 1))
+    assert rank0 == rank1  # both raise, with the same words
+    want = (
+        "is not rank 0's" if case == "base" else "layout (world 2, sequence_parallel_size 1) is not the run's"
+    )
+    assert rank0.startswith("RankDisagreement: rank 1: ") and want in rank0, rank0
 
 
 def _free_port() -> int:
