@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): tests mostly wait on one-thread stage processes, so 2 cores run two at
+# a time; the session-built runs are built once and shared (tests/conftest.py built_once). XDIST= : one process.
+XDIST ?= -n 2
 
 .PHONY: setup demo test test-fast test-gpu device-kit lint bench clean
 
@@ -23,10 +26,10 @@ demo: setup
 	$(VENV)/bin/sealong-loop start --config configs/tiny-cpu.toml --workdir $(WORKDIR) --max-rounds 1
 
 test: setup
-	TRITON_INTERPRET=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	TRITON_INTERPRET=1 $(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU (and a CUDA build of torch: `make setup TORCH_SPEC=torch`): the compiled
 # Triton kernels, bitsandbytes' CUDA NF4 path, sampling and one round on the GPU. Skipped without CUDA.

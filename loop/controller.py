@@ -35,6 +35,7 @@ import sqlite_utils
 from sealong.loop.config import Config, config_from_dict, dump_config_toml
 from sealong.loop.errors import EXIT_FATAL, DataError, SealongError, StageFailed, WorkdirBusy
 from sealong.loop.launch import stage_command
+from sealong.loop.stage_main import exit_code_file
 from sealong.loop.stages.base import STAGES, champion
 from sealong.loop.tasks.records import QuestionRecord
 from sealong.store import faults
@@ -502,6 +503,8 @@ class Controller:
                     (attempt, time.time(), st["id"]),
                 )
                 self._event(f"{name} started (attempt {attempt})", round_id=rnd["id"], stage=name)
+            exit_file = exit_code_file(self.workdir, st["id"])
+            exit_file.unlink(missing_ok=True)
             with open(log_path, "ab") as log:
                 cmd = stage_command(self.cfg, name, self.workdir, st["id"])
                 self.child = subprocess.Popen(
@@ -514,6 +517,12 @@ class Controller:
             self._wait_for_child(rnd, name)
             code = self.child.returncode
             self.child = None
+            if code and exit_file.is_file():  # under torchrun: rank 0's own code (fatal or not)
+                try:
+                    code = int(exit_file.read_text().strip() or code)
+                except (OSError, ValueError):
+                    pass
+                exit_file.unlink(missing_ok=True)
             faults.point("child-exited", stage=name, round_idx=rnd["idx"])
             row = one(self.db, "SELECT * FROM stages WHERE id = ?", (st["id"],))
             if row["status"] == "done":  # its commit is what counts, not how its process ended

@@ -73,6 +73,11 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="controller-watchdog", daemon=True).start()
 
 
+def exit_code_file(workdir: Path, stage_id: int) -> Path:
+    """Where rank 0 of a torchrun stage leaves its exit code (torchrun itself exits 1 on any failure)."""
+    return workdir / "tmp" / f"stage-{stage_id}.exit"
+
+
 def _quiet_libraries() -> None:
     """Through the environment: importing transformers here would cost pairs and promote ~2 s."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -252,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             return code
         print(f"{stage['name']} failed: {message}", file=sys.stderr)
+        rank = os.environ.get("RANK")
+        if rank == "0":  # torchrun exits 1 whatever its ranks' codes: leave ours for the controller
+            try:
+                exit_code_file(workdir, stage["id"]).write_text(str(code))
+            except OSError:
+                pass
+        elif rank is not None:
+            return code  # rank 0 records the stage's failure (every rank fails with the same reason)
         try:
             # A stage that committed `done` stays done, whatever happens to its process afterwards.
             db.execute(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -42,6 +44,17 @@ def cli(
             f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """A directory every pytest-xdist worker shares (`make test` runs 2), held under a lock while the caller
+    builds it: the first worker to come builds, the others wait and reuse. Callers mark it complete."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield shared / name
 
 
 @pytest.fixture(scope="session", autouse=True)

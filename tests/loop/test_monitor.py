@@ -28,29 +28,29 @@ from sealong.loop.dashboard import fmt_secs, memory, render, sparkline, task_lab
 from sealong.loop.monitor import MonitorState, load_state, phase
 from sealong.store.db import connect, one, rows
 
-from ..conftest import CLI, cli, write_config
+from ..conftest import CLI, built_once, cli, write_config
 
 
 def tiny_ops_run(tmp_path_factory) -> Path:
     """A finished 2-round tiny run in which both candidates were promoted: base → adapter-r000 → adapter-r001.
 
-    Built once per session under pytest's base temp dir, as a user would: `start` (one round, the config's
+    Built once per session (shared by pytest-xdist workers) under pytest's base temp dir, as a user would: `start` (one round, the config's
     max_rounds), then `start --max-rounds 2` on the same workdir, which resumes the run for a second round.
     The first start's output is kept beside it (first-start.txt). Tests must only read it (copy it to
     change it).
     """
-    root = tmp_path_factory.getbasetemp() / "ops-tiny-run"
-    wd = root / "run"
-    if (root / "DONE").exists():
+    with built_once(tmp_path_factory, "ops-tiny-run") as root:
+        wd = root / "run"
+        if (root / "DONE").exists():
+            return wd
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        cfg = write_config(root / "c.toml", promote={"rule": "margin", "margin": -1.0})
+        first = cli("start", "--config", str(cfg), "--workdir", str(wd), check=True)
+        (root / "first-start.txt").write_text(first.stdout)
+        cli("start", "--workdir", str(wd), "--max-rounds", "2", check=True)
+        (root / "DONE").write_text("ok")
         return wd
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
-    cfg = write_config(root / "c.toml", promote={"rule": "margin", "margin": -1.0})
-    first = cli("start", "--config", str(cfg), "--workdir", str(wd), check=True)
-    (root / "first-start.txt").write_text(first.stdout)
-    cli("start", "--workdir", str(wd), "--max-rounds", "2", check=True)
-    (root / "DONE").write_text("ok")
-    return wd
 
 
 def copy_workdir(src: Path, dst: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sealong.loop.models import prepare_base_model
 
-from ..conftest import CLI, TINY_CONFIG
+from ..conftest import CLI, TINY_CONFIG, built_once
 from .harness import make_config
 
 TRACED_CALLS = (
@@ -61,7 +61,24 @@ class PausedRun:
 
 @pytest.fixture(scope="session")
 def paused_at_round1_train(tmp_path_factory) -> PausedRun:
-    root = tmp_path_factory.mktemp("paused")
+    with built_once(tmp_path_factory, "paused-run") as root:  # pytest-xdist workers share one
+        done = root / "DONE"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            output = _pause_at_round1_train(root)
+            done.write_text(output)
+        trace = root / "strace.txt"
+        return PausedRun(
+            root / "run",
+            root / "c.toml",
+            trace if trace.exists() else None,
+            root / "sandbox",
+            done.read_text(),
+        )
+
+
+def _pause_at_round1_train(root: Path) -> str:
     cfg = reliability_config(root / "c.toml")
     # The session's model cache (tests/conftest.py) is filled first: the traced run then only reads it.
     prepare_base_model("tiny-random-llama", root / "warm-cache")
@@ -106,7 +123,7 @@ def paused_at_round1_train(tmp_path_factory) -> PausedRun:
         f"the controller was not killed at round 1's train:\n{proc.stdout}\n{proc.stderr}"
     )
     time.sleep(0.5)  # the stage process dies with its controller
-    return PausedRun(wd, cfg, trace, sandbox, proc.stdout + proc.stderr)
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture
