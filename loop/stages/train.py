@@ -157,7 +157,7 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
         base = base_dir(ctx)
         champ = champion(ctx.db, ctx.run_id)
         init = verified_adapter_dir(ctx, champ["id"]) if (champ and cfg.train.init == "champion") else None
-        job = _job(ctx, pairs, base)
+        job = _job(ctx, pairs, base) if par.world > 1 else None  # only other ranks need it
     except BaseException:
         try:
             parallel.share(None, par)  # the other ranks wait for the job: tell them there is none, then fail
