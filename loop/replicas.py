@@ -95,6 +95,8 @@ def replica_envs(
             + ". Lower sample.replicas, or run `sealong-loop doctor --config …`"
         )
     threads = cfg.policy.threads or max(1, cpu_count // n)
+    if cfg.sample.backend == "vllm":
+        from sealong.loop.vllm_backend import engine_env
     envs = []
     for i in range(n):
         # vLLM's own data parallelism (VLLM_DP_*) is for MoE models and fails on dense ones; each replica
@@ -105,9 +107,10 @@ def replica_envs(
         if per:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * per : (i + 1) * per])
         if cfg.sample.backend == "vllm":
-            # The engine core in this process, not a child of it: a child engine process does not die
-            # with a SIGKILLed replica, and would hold its GPU memory into the retry
-            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            # vllm.engine_in_process (default true): the engine core in the replica's process, not a child
+            # that would outlive a SIGKILLed replica and hold its GPU memory into the retry. With false,
+            # the child is in the replica's process group, which _stop kills whole.
+            env.update(engine_env(cfg))
             # vLLM scans for its internal ports upward from VLLM_PORT; engines that start at once from the
             # same base can race for one port and fail with EADDRINUSE (vllm-project/vllm#43206,
             # verl-project/verl#6677), so each replica scans from its own base.

@@ -1,7 +1,8 @@
 """Sampling backends behind one small interface, used by the sample and eval stages.
 
 - transformers (CPU, or one GPU): one prefill per question shared by its N samples; greedy in batches.
-- vllm (GPUs): one request per question with n = N, the adapter as a LoRARequest (see vllm_backend).
+- vllm (GPUs): one request per question with n = N, the adapter as a LoRARequest; questions sent one per
+  generate() call or a chunk per call (vllm.batching; see vllm_backend). UNTESTED on a GPU.
 """
 
 from __future__ import annotations
@@ -66,20 +67,18 @@ class VllmSampler:
         self.prompt_budget = prompt_token_budget(cfg, max(cfg.sample.max_new_tokens, cfg.eval.max_new_tokens))
 
     def sample(self, prompts: list[list[int]], seeds: list[int]) -> list[list[Completion]]:
-        from sealong.loop.vllm_backend import sampling_kwargs
+        """One request with n = N per question (shared prefill, the question's seed), sent one question per
+        generate() call or the chunk in one call as vllm.batching says (see vllm_backend.sampling_calls)."""
+        from sealong.loop.vllm_backend import batching_mode, sampling_calls, sampling_kwargs
 
         s = self.cfg.sample
         params = [
             sampling_kwargs(s.n, s.temperature, s.top_p, s.max_new_tokens, seed, self.stop) for seed in seeds
         ]
-        if self.cfg.vllm.disable_cascade_attn:
-            # Without cascade attention one question at a time re-reads its prefix KV per stream each step;
-            # the chunk's questions in flight together (continuous batching) cost less (docs/SCALE.md §3.2)
-            return self.engine.generate(prompts, params, self.adapter)
-        # One question per call: its N streams are all that runs, so cascade attention reads the shared
-        # prefix once per step. One request with n = N shares the prefill; per-question seeds keep reruns
-        # reproducible.
-        return [self.engine.generate([p], kw, self.adapter)[0] for p, kw in zip(prompts, params)]
+        out: list[list[Completion]] = []
+        for call_prompts, call_params in sampling_calls(prompts, params, batching_mode(self.cfg)):
+            out += self.engine.generate(call_prompts, call_params, self.adapter)
+        return out
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[Completion]:
         from sealong.loop.vllm_backend import sampling_kwargs

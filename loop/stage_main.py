@@ -79,8 +79,8 @@ def exit_code_file(workdir: Path, stage_id: int) -> Path:
 
 
 def _quiet_libraries() -> None:
-    """Through the environment: importing transformers here would cost pairs and promote ~2 s."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Through the environment: importing transformers here would cost pairs and promote ~2 s (offline and
+    hub progress bars: sealong/loop/__init__.py)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 

@@ -66,16 +66,25 @@ def lora_parameters(model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if "lora_" in n}
 
 
+def freeze_base(model, upcast: bool = False) -> None:
+    """Freeze every base weight. With ``upcast`` (train.upcast_base), also keep fp32 copies of the
+    non-quantised ones (embeddings, norms, lm_head), as PEFT's prepare_model_for_kbit_training always does:
+    then the residual stream runs in fp32 too. Without it a bf16 model trains in bf16 end to end (at 8B and
+    32K tokens the fp32 stream and copies cost ~2× the activation memory); the LoRA weights PEFT adds stay
+    fp32 (its autocast_adapter_dtype), and so does the optimizer state."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+        if upcast and p.dtype in (torch.float16, torch.bfloat16) and type(p).__name__ != "Params4bit":
+            p.data = p.data.float()
+
+
 def add_lora(model, cfg: TrainConfig, init_adapter: Path | None):
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model
     from sealong.loop.models import peft_quietly
 
     ckpt = {"use_reentrant": False}  # torch's recommended checkpointing; the reentrant one is deprecated
-    if cfg.quantize == "nf4":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt
-        )
-    elif cfg.gradient_checkpointing:
+    freeze_base(model, upcast=cfg.upcast_base)
+    if cfg.gradient_checkpointing:
         # transformers 5.x renamed it (the old name goes in v6); older releases have only the old one
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt)
@@ -102,11 +111,37 @@ def decoder_and_head(peft_model):
     return getattr(causal, causal.base_model_prefix), causal.get_output_embeddings()
 
 
-def use_ring_attention(peft_model) -> None:
-    """Route the model's attention through the torch ring attention (sequence parallelism)."""
-    from sealong.kernels.ring_attention import register_hf_ring_attention
+def use_ring_attention(peft_model, par: Parallel) -> Parallel:
+    """Route the model's attention across par.sp_group ([distributed] sequence_parallel); returns par with
+    the path taken. "ring": ring-flash-attn where it imports (CUDA + flash_attn; UNTESTED), else our ring of
+    fused attention blocks. "ulysses": all-to-all over heads, which must divide by the SP size."""
+    base = peft_model.get_base_model()
+    if par.sp_mode == "ulysses":
+        from sealong.kernels.ulysses import ulysses_heads_problem
 
-    peft_model.get_base_model().set_attn_implementation(register_hf_ring_attention())
+        config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        problem = ulysses_heads_problem(heads, kv_heads, par.sp_size)
+        if problem:
+            raise SealongError(f"[distributed] sequence_parallel = 'ulysses': {problem}; use 'ring'")
+    else:
+        from sealong.kernels.ring_flash import ring_flash_attn_available, try_enable_ring_flash_attn
+
+        why_not = try_enable_ring_flash_attn(par.sp_group) if ring_flash_attn_available() else "not installed"
+        if why_not is None:  # UNTESTED path: no GPU with flash_attn has run it yet
+            from sealong.kernels.ring_flash import RING_FLASH_ATTENTION_NAME
+
+            base.set_attn_implementation(RING_FLASH_ATTENTION_NAME)
+            return dataclasses.replace(par, ring_flash=True)
+        if why_not != "not installed":
+            import warnings
+
+            warnings.warn(f"{why_not}; using the fused ring attention", stacklevel=2)
+    from sealong.kernels.hf_attention import register_hf_sequence_parallel_attention
+
+    base.set_attn_implementation(register_hf_sequence_parallel_attention(par.sp_mode))
+    return par
 
 
 @dataclass
@@ -184,7 +219,7 @@ def orpo_step_loss(
     ]
     b, device = len(batch), head.weight.device
     if par.sp_size > 1 and par.ring_flash:  # UNTESTED until run on CUDA with flash_attn + ring-flash-attn
-        from sealong.kernels.ring_attention import update_ring_flash_attn_params
+        from sealong.kernels.ring_flash import update_ring_flash_attn_params
 
         shard = pack_for_ring_flash(seqs, shifted, par.sp_rank, par.sp_size, pad_id)
         update_ring_flash_attn_params(shard.cu_seqlens.to(device), par.sp_group)
@@ -225,10 +260,10 @@ def orpo_step_loss(
 
 
 def _sp_context(par: Parallel):
-    """The torch ring attention's SP group for code that may run the attention: the forward, and the
-    backward, where gradient checkpointing recomputes it."""
+    """The SP group of our ring / Ulysses attention for code that may run the attention: the forward, and
+    the backward, where gradient checkpointing recomputes it."""
     if par.sp_size > 1 and not par.ring_flash:
-        from sealong.kernels.ring_attention import sequence_parallel
+        from sealong.kernels.hf_attention import sequence_parallel
 
         return sequence_parallel(par.sp_group)
     return contextlib.nullcontext()
@@ -421,18 +456,7 @@ def train_orpo(
             failed = e
         start = sync_from_main(peft_model, opt, start, par, failed)
     if par.sp_size > 1:
-        from sealong.kernels.ring_attention import ring_flash_attn_available, try_enable_ring_flash_attn
-
-        why_not = try_enable_ring_flash_attn(par.sp_group) if ring_flash_attn_available() else "not installed"
-        if why_not is None:  # UNTESTED path: no GPU with flash_attn has run it yet
-            peft_model.get_base_model().set_attn_implementation("flash_attention_2")
-            par = dataclasses.replace(par, ring_flash=True)
-        else:
-            if why_not != "not installed":
-                import warnings
-
-                warnings.warn(f"{why_not}; using the torch ring attention", stacklevel=2)
-            use_ring_attention(peft_model)
+        par = use_ring_attention(peft_model, par)
     peft_model.train()
     history, t_tokens, t0 = [], 0, time.monotonic()
     for step in range(start, total_steps if stop_after is None else min(total_steps, stop_after)):

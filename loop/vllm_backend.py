@@ -4,11 +4,23 @@ The base weights are served in bf16 with `enable_lora`; the champion adapter rid
 LoRARequest and is never merged into a quantised base. Every adapter version gets its own name and
 integer id (a same-name reload can reuse stale prefix-cache blocks). One request per question with
 n = N shares the long prompt's prefill across the N samples; prefix caching is on. vLLM splits such a
-request into N children seeded seed, seed + 1, …, seed + N - 1 (the seed recorded per sample is the
-question's). Token counts exclude the stop token, as the transformers backend counts them.
+request into N children seeded seed, seed + 1, …, seed + N - 1 (vllm/v1/engine/parallel_sampling.py;
+the seed recorded per sample is the question's). Token counts exclude the stop token, as the
+transformers backend counts them.
+
+Two throughput choices are config, not code (docs/SCALE.md §3.2, §3.4), and the device check measures both
+(bench/bench_device_pass.py --vllm-ab):
+- `vllm.batching`: `sampling_calls` turns a chunk of questions into generate() calls, one per question
+  ("per-question": its N streams run alone, so cascade attention can read the shared prefix once per
+  step) or one for the chunk ("continuous": one seeded SamplingParams per question, in a list paired with
+  the prompts, as LLM.generate takes it). Seeds are per request, so both give each question the same
+  samples up to the numerics of a different batch.
+- `vllm.engine_in_process`: `engine_env` sets VLLM_ENABLE_V1_MULTIPROCESSING for this process (and
+  sealong.loop.replicas for each replica): "0" keeps the engine core in-process, "1" is vLLM's default.
 
 The request-building functions are pure and tested without vLLM. `VllmEngine` needs vLLM and a CUDA
-GPU and is UNTESTED until it has run on one (no GPU was available where this was written).
+GPU and is UNTESTED until it has run on one (no GPU was available where this was written); so are the
+throughputs of both choices.
 """
 
 from __future__ import annotations
@@ -82,15 +94,45 @@ def sampling_kwargs(
     }
 
 
+def batching_mode(cfg: Config) -> str:
+    """vllm.batching resolved: "auto" is per-question while cascade attention is allowed, else continuous
+    (without cascade, one question alone would re-read its prefix per stream and gain nothing)."""
+    if cfg.vllm.batching == "auto":
+        return "continuous" if cfg.vllm.disable_cascade_attn else "per-question"
+    return cfg.vllm.batching
+
+
+def sampling_calls(
+    prompts: list[list[int]], params: list[dict[str, Any]], batching: str
+) -> list[tuple[list[list[int]], dict[str, Any] | list[dict[str, Any]]]]:
+    """The generate() calls that sample these questions, in order: (prompts, SamplingParams arguments).
+
+    per-question: one call per question with its own params; continuous: one call for all of them with
+    the list of params, one per prompt. Concatenating the calls' outputs gives one entry per question.
+    """
+    if len(prompts) != len(params):
+        raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+    if batching == "per-question":
+        return [([p], kw) for p, kw in zip(prompts, params)]
+    if batching == "continuous":
+        return [(list(prompts), list(params))] if prompts else []
+    raise ValueError(f"batching must be 'per-question' or 'continuous', got {batching!r}")
+
+
+def engine_env(cfg: Config) -> dict[str, str]:
+    """Environment an engine reads at start: where its engine core runs (vllm.engine_in_process)."""
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.vllm.engine_in_process else "1"}
+
+
 class VllmEngine:
     """An offline vLLM engine. UNTESTED on hardware."""
 
     def __init__(self, cfg: Config, base_dir: Path, seed: int):
         import os
 
-        # The engine core in this process, not in a child that would outlive a killed stage holding GPU
-        # memory (sealong.loop.replicas sets the same for each replica).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vllm.engine_in_process (true: the engine core in this process, not in a child that would outlive a
+        # killed stage holding GPU memory); sealong.loop.replicas sets the same for each replica.
+        os.environ.update(engine_env(cfg))
         try:
             from vllm import LLM
         except ImportError as e:

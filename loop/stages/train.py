@@ -44,6 +44,7 @@ def run(ctx: StageContext) -> None:
     from it, as the ranks of other nodes do (sealong.loop.worker)."""
     d = ctx.cfg.distributed
     par = parallel.setup(d.sequence_parallel_size, d.backend, ctx.cfg.policy.device)
+    par.sp_mode = d.sequence_parallel
     try:
         if par.is_main:
             _train(ctx, par)
@@ -76,6 +77,7 @@ def follow(par: parallel.Parallel, base: Path | None, problem: str | None = None
         return False
     cfg: Config = job["config"]
     d = cfg.distributed
+    par.sp_mode = d.sequence_parallel  # rank 0's choice, as every setting that shapes the result
     if problem is None and (par.world, par.sp_size) != (d.world_size, d.sequence_parallel_size):
         problem = (
             f"this node's [distributed] layout (world {par.world}, sequence_parallel_size {par.sp_size}) is "

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from kernel_checks import assert_close_relative
 
 RTOL = 1e-5
+BF16_RTOL = 2e-2
 
 
 def _entry(rank: int, world: int, init_file: str, name: str, args: tuple) -> None:
@@ -80,30 +81,54 @@ def orpo_sequence_parallel(rank: int, world: int, backend: str) -> None:
         assert_close_relative(w_local.grad, want_grads[2], RTOL, f"{what} d weight")
 
 
-def ring_attention_matches_full(rank: int, world: int) -> None:
-    """Ring attention on shards against materialised causal attention on the whole sequence, fwd + bwd."""
-    from sealong.kernels.ring_attention import attention_reference, ring_attention, shard_indices
-
-    g = torch.Generator().manual_seed(1)
-    B, Hq, Hkv, S, D = 2, 4, 2, 32, 8
-    q, k, v = (
-        torch.randn(B, Hq, S, D, generator=g),
-        torch.randn(B, Hkv, S, D, generator=g),
-        torch.randn(B, Hkv, S, D, generator=g),
+def sequence_parallel_attention_matches_full(rank: int, world: int, mode: str) -> None:
+    """Ring or Ulysses attention on zigzag shards against materialised attention on the whole sequence,
+    forward and gradients of q, k, v: fp32 and bf16, odd lengths (padded to 2W), GQA, causal or not,
+    packed documents (cu_seqlens → document ids, a padding tail as its own document)."""
+    from sealong.kernels.ring_attention import (
+        attention_reference,
+        padded_length,
+        ring_attention,
+        segments_from_cu_seqlens,
+        shard_indices,
     )
-    grad_out = torch.randn(B, Hq, S, D, generator=g)
-    full = [t.clone().requires_grad_() for t in (q, k, v)]
-    want = attention_reference(*full)
-    want_grads = torch.autograd.grad(want, full, grad_out)
-    for layout in ("contiguous", "zigzag"):
-        idx = shard_indices(S, rank, world, layout)
+    from sealong.kernels.ulysses import ulysses_attention
+
+    attention = {"ring": ring_attention, "ulysses": ulysses_attention}[mode]
+    g = torch.Generator().manual_seed(1)
+    B, Hq, Hkv, D = 2, 8, 4, 8  # GQA; both head counts divide 1, 2, 4 (Ulysses)
+    cases = [  # (dtype, rtol, real length, causal, cu_seqlens of packed documents or None)
+        (torch.float32, RTOL, 32, True, None),
+        (torch.float32, RTOL, 27, True, None),
+        (torch.float32, RTOL, 27, False, None),
+        (torch.float32, RTOL, 29, True, [0, 9, 10, 23, 29]),
+        (torch.float32, RTOL, 23, False, [0, 14, 23]),
+        (torch.bfloat16, BF16_RTOL, 27, True, None),
+        (torch.bfloat16, BF16_RTOL, 29, True, [0, 9, 10, 23, 29]),
+    ]
+    for dtype, rtol, T, causal, cu in cases:
+        S = padded_length(T, world)
+        q, k, v = (torch.randn(B, h, S, D, generator=g).to(dtype) for h in (Hq, Hkv, Hkv))
+        grad_out = torch.randn(B, Hq, S, D, generator=g).to(dtype)
+        grad_out[:, :, T:] = 0  # padding carries no loss
+        # the real tokens, then a padding tail that is its own document (invisible to real tokens)
+        segments = segments_from_cu_seqlens(torch.tensor(cu if cu else [0, T]), S)
+        full = [t[:, :, :T].float().requires_grad_() for t in (q, k, v)]
+        want = attention_reference(*full, causal=causal, segments=segments[:T] if cu else None)
+        want_grads = torch.autograd.grad(want, full, grad_out[:, :, :T].float())
+        idx = shard_indices(S, rank, world, "zigzag")
+        real = idx < T
         local = [t.index_select(2, idx).requires_grad_() for t in (q, k, v)]
-        got = ring_attention(*local, positions=idx, group=dist.group.WORLD)
+        seg = (
+            segments[idx] if cu or not causal else None
+        )  # causal: a padding tail needs no document of its own
+        got = attention(*local, positions=idx, group=dist.group.WORLD, causal=causal, segments=seg)
         got.backward(grad_out.index_select(2, idx))
-        what = f"{layout} rank {rank}"
-        assert_close_relative(got, want.index_select(2, idx), RTOL, f"{what} out")
+        what = f"{mode} W={world} {dtype} T={T} causal={causal} packed={cu is not None} rank {rank}"
+        assert got.dtype == dtype, what
+        assert_close_relative(got[:, :, real], want[:, :, idx[real]], rtol, f"{what} out")
         for t, ref, name in zip(local, want_grads, "qkv"):
-            assert_close_relative(t.grad, ref.index_select(2, idx), RTOL, f"{what} d{name}")
+            assert_close_relative(t.grad[:, :, real], ref[:, :, idx[real]], rtol, f"{what} d{name}")
 
 
 def _tiny_lora_llama():
@@ -121,12 +146,14 @@ def _tiny_lora_llama():
     return get_peft_model(model, lora)
 
 
-def llama_sequence_parallel_step(rank: int, world: int) -> None:
-    """One ORPO training step of a tiny LoRA Llama: SP size ``world`` (ring attention + fused ORPO over
-    zigzag shards) against SP size 1 (HF eager attention + naive ORPO): same loss, same LoRA gradients."""
+def llama_sequence_parallel_step(rank: int, world: int, mode: str = "ring") -> None:
+    """One ORPO training step of a tiny LoRA Llama: SP size ``world`` (ring attention or Ulysses through the
+    HF hook + fused ORPO over zigzag shards) against SP size 1 (HF eager attention + naive ORPO): same loss,
+    same LoRA gradients."""
     from sealong.kernels.distributed import all_reduce_grads
+    from sealong.kernels.hf_attention import register_hf_sequence_parallel_attention, sequence_parallel
     from sealong.kernels.orpo import IGNORE_INDEX, fused_linear_orpo_loss, orpo_loss_reference
-    from sealong.kernels.ring_attention import register_hf_ring_attention, sequence_parallel, shard_indices
+    from sealong.kernels.ring_attention import shard_indices
 
     T = 32
     g = torch.Generator().manual_seed(2)
@@ -151,7 +178,7 @@ def llama_sequence_parallel_step(rank: int, world: int) -> None:
         model, lambda m: (m(input_ids=ids).last_hidden_state, labels), orpo_loss_reference
     )
 
-    model.get_base_model().set_attn_implementation(register_hf_ring_attention())
+    model.get_base_model().set_attn_implementation(register_hf_sequence_parallel_attention(mode))
     idx = shard_indices(T, rank, world, "zigzag")
     group = dist.group.WORLD
 
@@ -164,7 +191,7 @@ def llama_sequence_parallel_step(rank: int, world: int) -> None:
     all_reduce_grads([p for p in model.parameters() if p.requires_grad], group)
     got_grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert len(want_grads) == 2 * 7 * 2  # A and B of 7 projections in 2 layers
-    assert_close_relative(got_loss, want_loss, RTOL, f"rank {rank} loss")
+    assert_close_relative(got_loss, want_loss, RTOL, f"{mode} rank {rank} loss")
     for name, ref in want_grads.items():
         assert ref.abs().max() > 0, f"{name} has no gradient in the reference"
-        assert_close_relative(got_grads[name], ref, RTOL, f"rank {rank} {name}")
+        assert_close_relative(got_grads[name], ref, RTOL, f"{mode} rank {rank} {name}")

@@ -153,6 +153,65 @@ def test_rouge_l_utility():
     assert scores[3] == 0.0 and max(scores) in scores[:2]
 
 
+# Words drawn from a small vocabulary, so answers share long, interleaved subsequences; with repeats,
+# unicode (accents, CJK, a German sharp s, a Greek sigma whose lowercase differs), case and punctuation.
+ROUGE_VOCAB = ["the", "The", "a", "cat", "sat", "on", "mat", "Paris", "paris", "café", "naïve", "東京",
+               "Straße", "ΣΟΦΙΑ", "x1", "42", "it's", "über", "cat-like", "!", "...", ""]  # fmt: skip
+
+
+def _random_answer(rng: np.random.Generator) -> str:
+    n = int(rng.choice([0, 1, 2, 5, 20, 80]))
+    return " ".join(rng.choice(ROUGE_VOCAB, size=n).tolist())
+
+
+def test_rouge_l_rapidfuzz_equals_the_reference_on_random_questions():
+    rng = np.random.default_rng(0)
+    pairs = 0
+    for _ in range(60):
+        texts = [_random_answer(rng) for _ in range(int(rng.integers(1, 9)))]
+        texts += [texts[0], "", "!!! ...", texts[0].upper()]  # identical, empty, no words, case only
+        pairs += len(texts) * (len(texts) - 1) // 2
+        reference = mbr.rouge_l_mbr_scores(texts, backend="reference")
+        assert mbr.rouge_l_mbr_scores(texts, backend="rapidfuzz") == reference  # bit for bit, not approx
+        assert mbr.rouge_l_mbr_scores(texts) == reference  # auto picks rapidfuzz here
+    assert pairs > 2000
+
+
+def test_rouge_l_word_codes_give_the_exact_lcs():
+    from rapidfuzz.distance import LCSseq
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        a, b = (mbr._tokens(_random_answer(rng)) for _ in range(2))
+        ca, cb = mbr._word_codes([a, b])
+        assert LCSseq.similarity(ca, cb) == mbr._lcs_length(a, b)
+    # unrelated words never collide: every distinct word is its own code
+    assert LCSseq.similarity(*mbr._word_codes([["a", "b"], ["c", "d"]])) == 0
+
+
+def test_rouge_l_past_the_str_codes_keeps_lists_of_ints(monkeypatch):
+    texts = ["the cat sat on the mat", "a cat on a mat", "mat cat the", ""]
+    reference = mbr.rouge_l_mbr_scores(texts, backend="reference")
+    monkeypatch.setattr(mbr, "_STR_CODES", 3)  # this question has 7 distinct words
+    codes = mbr._word_codes([mbr._tokens(t) for t in texts])
+    assert all(isinstance(c, list) for c in codes)
+    assert mbr.rouge_l_mbr_scores(texts, backend="rapidfuzz") == reference
+
+
+def test_rouge_l_without_rapidfuzz_falls_back_announced_once(monkeypatch, caplog):
+    import sys
+
+    texts = ["Paris is the capital", "the capital is Paris", "Berlin"]
+    monkeypatch.setitem(sys.modules, "rapidfuzz", None)  # import rapidfuzz now raises ImportError
+    monkeypatch.setattr(mbr, "_announced", set())
+    with caplog.at_level(logging.WARNING, logger="sealong.kernels.mbr"):
+        assert mbr.rouge_l_mbr_scores(texts) == mbr.rouge_l_mbr_scores(texts, backend="reference")
+        mbr.rouge_l_mbr_scores(texts)
+    assert sum("rapidfuzz is not installed" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="backend"):
+        mbr.rouge_l_mbr_scores(texts, backend="triton")
+
+
 def test_random_scores_reproducible():
     assert mbr.random_scores(5, 7) == mbr.random_scores(5, 7)
     assert mbr.random_scores(5, 7) != mbr.random_scores(5, 8)

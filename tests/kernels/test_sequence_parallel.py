@@ -1,5 +1,6 @@
-"""Multi-process tests on gloo (CPU): sequence-parallel ORPO, ring attention and one training step of a
-tiny LoRA Llama, each against the single-process result (fp32, 1e-5 relative). Workers: kernel_workers.py."""
+"""Multi-process tests on gloo (CPU): sequence-parallel ORPO, ring attention and Ulysses (fp32 1e-5 and bf16
+2e-2 relative, odd lengths, GQA, packed documents, causal or not), and one training step of a tiny LoRA
+Llama under each, against the single-process result. Workers: kernel_workers.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 from kernel_workers import (
     llama_sequence_parallel_step,
     orpo_sequence_parallel,
-    ring_attention_matches_full,
     run_distributed,
+    sequence_parallel_attention_matches_full,
 )
 
 pytestmark = pytest.mark.distributed
@@ -23,10 +24,15 @@ def test_naive_orpo_sequence_parallel_matches_single_process():
     run_distributed(orpo_sequence_parallel, 2, "naive")
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_ring_attention_matches_full_attention(world):
-    run_distributed(ring_attention_matches_full, world)
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("mode", ["ring", "ulysses"])
+def test_sequence_parallel_attention_matches_full_attention(mode, world):
+    run_distributed(sequence_parallel_attention_matches_full, world, mode)
 
 
 def test_llama_lora_step_sequence_parallel_2_matches_1():
-    run_distributed(llama_sequence_parallel_step, 2)
+    run_distributed(llama_sequence_parallel_step, 2, "ring")
+
+
+def test_llama_lora_step_ulysses_2_matches_1():
+    run_distributed(llama_sequence_parallel_step, 2, "ulysses")

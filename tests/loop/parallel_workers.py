@@ -75,11 +75,14 @@ def tiny_setup(grad_accum: int = 2, checkpointing: bool = False):
     return model, examples, cfg
 
 
-def train_and_save(rank: int, world: int, sp_size: int, out_path: str, checkpointing: bool = False) -> None:
+def train_and_save(
+    rank: int, world: int, sp_size: int, out_path: str, checkpointing: bool = False, sp_mode: str = "ring"
+) -> None:
     from sealong.loop.parallel import build_groups
     from sealong.loop.training import lora_parameters, train_orpo
 
     par = build_groups(sp_size)
+    par.sp_mode = sp_mode
     # The global batch is batch_size x grad_accum x data-parallel groups: keep it at 2 pairs.
     model, examples, cfg = tiny_setup(grad_accum=2 // par.dp_size, checkpointing=checkpointing)
     summary = train_orpo(model, examples, cfg, pad_id=0, seed=3, par=par)

@@ -143,3 +143,82 @@ def test_an_empty_config_is_refused(tmp_path: Path, text: str):
     path.write_text(text)
     with pytest.raises(ConfigError, match="the file sets nothing"):
         load_config(path)
+
+
+def test_vllm_batching_and_engine_process_are_validated_with_their_names(tmp_path: Path):
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[sample]\nbackend = "vllm"\n\n[vllm]\nbatching = "per-request"\nengine_in_process = "no"\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path, check_paths=False)
+    text = str(e.value)
+    assert "line 5: [vllm] batching: must be one of 'auto', 'per-question', 'continuous'" in text
+    assert "line 6: [vllm] engine_in_process: must be bool" in text
+    for batching in ("auto", "per-question", "continuous"):
+        cfg = config_from_dict({"vllm": {"batching": batching}}, check_paths=False)
+        assert cfg.vllm.batching == batching
+
+
+def test_an_engine_process_child_needs_replicas_that_are_killed_with_their_group():
+    with pytest.raises(ConfigError, match=r"\[vllm\] engine_in_process: false needs sample.replicas >= 2"):
+        config_from_dict(
+            {"sample": {"backend": "vllm"}, "vllm": {"engine_in_process": False}}, check_paths=False
+        )
+    cfg = config_from_dict(
+        {"sample": {"backend": "vllm", "replicas": 2}, "vllm": {"engine_in_process": False}},
+        check_paths=False,
+    )
+    assert cfg.vllm.engine_in_process is False
+    # the transformers backend starts no engine, so the setting is inert there
+    config_from_dict({"vllm": {"engine_in_process": False}}, check_paths=False)
+
+
+def test_a_stored_config_from_before_the_vllm_throughput_keys_still_loads():
+    stored = Config().to_dict()
+    del stored["vllm"]["batching"], stored["vllm"]["engine_in_process"]
+    for cascade_off in (False, True):
+        stored["vllm"]["disable_cascade_attn"] = cascade_off
+        cfg = config_from_dict(stored, "<stored>", check_paths=False)
+        # what these configs did before the keys existed: the engine core in-process, and batching by cascade
+        assert cfg.vllm.batching == "auto" and cfg.vllm.engine_in_process is True
+        from sealong.loop.vllm_backend import batching_mode
+
+        assert batching_mode(cfg) == ("continuous" if cascade_off else "per-question")
+
+
+def test_paper_configs_sample_one_question_per_call_with_cascade_and_the_engine_in_process():
+    for name in ("llama31-8b-8xh100.toml", "qwen25-7b-8xh100.toml"):
+        cfg = load_config(REPO / "configs" / name, check_paths=False)
+        v = cfg.vllm
+        assert (v.batching, v.disable_cascade_attn, v.engine_in_process) == ("per-question", False, True)
+        assert "rouge-l" in cfg.score.diagnostic_utilities  # rapidfuzz: seconds a round, not hours
+
+
+def test_sequence_parallel_mode_is_checked_against_the_models_heads(tmp_path: Path):
+    """[distributed] sequence_parallel: 'ring' or 'ulysses'; Ulysses needs query and KV heads that divide by
+    the SP size, checked here when the model directory says them (else at the train stage's start)."""
+    import json
+
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps({"num_attention_heads": 28, "num_key_value_heads": 4}))
+    layout = {"nproc_per_node": 8, "sequence_parallel_size": 8}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(
+            {"policy": {"model": str(qwen)}, "distributed": {**layout, "sequence_parallel": "ulysses"}},
+            check_paths=False,
+        )
+    (problem,) = e.value.problems
+    assert "[distributed] sequence_parallel" in problem and "28 query / 4 key-value heads" in problem
+    ok = {"policy": {"model": str(qwen)}, "distributed": {**layout, "sequence_parallel": "ring"}}
+    assert config_from_dict(ok, check_paths=False).distributed.sequence_parallel == "ring"
+    four = {"policy": {"model": str(qwen)}, "distributed": {"nproc_per_node": 4, "sequence_parallel_size": 4,
+                                                             "sequence_parallel": "ulysses"}}  # fmt: skip
+    assert config_from_dict(four, check_paths=False).distributed.sequence_parallel == "ulysses"
+    with pytest.raises(ConfigError, match=r"sequence_parallel: must be one of 'ring', 'ulysses'"):
+        config_from_dict({"distributed": {"sequence_parallel": "stripe"}})
+    paper = load_config(REPO / "configs" / "llama31-8b-8xh100.toml", check_paths=False)
+    qwen_paper = load_config(REPO / "configs" / "qwen25-7b-8xh100.toml", check_paths=False)
+    assert paper.distributed.sequence_parallel == "ulysses"
+    assert qwen_paper.distributed.sequence_parallel == "ring"

@@ -1,7 +1,9 @@
+import json
+
 from sealong.loop import doctor
 from sealong.loop.config import DEFAULT_CONFIG, load_config
 
-from ..conftest import REPO
+from ..conftest import REPO, cli
 
 
 def _gpu_box(gpus: int) -> doctor.Probe:
@@ -78,3 +80,49 @@ def test_ring_flash_attn_with_transformers_5_is_reported_as_the_torch_ring():
     box.packages["transformers"] = "5.24.0"
     text = "\n".join(doctor.report(paper, box)[0])
     assert "[OPTIONAL] ring-flash-attn" in text and "does not import with transformers 5.x" in text
+
+
+def test_installed_versions_match_the_tested_set():
+    """Fails when this environment drifted from requirements/cpu.txt (what `make setup` installs): the
+    suite then tests another set than the one a fresh machine gets. `make setup` mends it."""
+    lock = doctor.tested_set_path()
+    assert lock is not None and lock.is_file(), "no requirements/cpu.txt beside the source tree"
+    drift = doctor.compare_with_lock(lock).differs
+    assert not drift, doctor.tested_set_line(doctor.compare_with_lock(lock))
+
+
+def test_doctor_names_each_version_that_differs_from_the_lock(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    real = metadata.version("transformers")
+    lock = tmp_path / "lock.txt"
+    lock.write_text(
+        "# a comment\n"
+        f"transformers=={real}\n"
+        "click==0.0.1\n"  # installed, at another version
+        "Sentence_Transformers==0.0.2  # spelled another way\n"
+        "torch==" + metadata.version("torch").split("+")[0] + "\n"  # +cpu ignored
+        "no-such-dist==1.0\n"
+    )
+    t = doctor.compare_with_lock(lock)
+    assert [d["name"] for d in t.differs] == ["click", "sentence-transformers"]
+    assert t.differs[0] == {"name": "click", "installed": metadata.version("click"), "tested": "0.0.1"}
+    assert t.not_installed == ["no-such-dist"]
+    monkeypatch.setenv(doctor.LOCK_ENV, str(lock))
+    proc = cli("doctor")
+    assert (
+        f"tested set {lock}: 2 installed version(s) differ: click {metadata.version('click')} " in proc.stdout
+    )
+    assert proc.returncode == 0  # drift is reported, not a reason to refuse the run
+    tested = json.loads(cli("doctor", "--json").stdout)["probe"]["tested_set"]
+    assert tested["path"] == str(lock) and len(tested["differs"]) == 2
+
+
+def test_ring_flash_attn_note_names_the_fused_ring_fallback_and_the_mode():
+    """Without ring-flash-attn the ring runs on fused attention blocks; Ulysses never uses ring-flash-attn."""
+    paper = load_config(REPO / "configs" / "qwen25-7b-8xh100.toml", check_paths=False)
+    box = _gpu_box(8)
+    box.packages["ring_flash_attn"] = None
+    text = "\n".join(doctor.report(paper, box)[0])
+    assert "[OPTIONAL] ring-flash-attn + flash-attn for sequence_parallel = 'ring'" in text
+    assert "the ring runs on fused attention blocks" in text and "torch ring" not in text

@@ -89,6 +89,9 @@ def test_merged_bf16_model_generates(run_dir: Path, tmp_path: Path):
     out = tmp_path / "merged"
     proc = cli("export", "adapter-r000", "--workdir", str(run_dir), "--out", str(out), "--merge", check=True)
     assert "bfloat16" in proc.stdout and "Traceback" not in proc.stderr
+    # offline and quiet like the stages: no hub lookup, and no library's warning about one (bitsandbytes asks
+    # the hub for a CPU kernel on import where the CPU has AVX512-BF16)
+    assert "kernels-community" not in proc.stderr and "trust" not in proc.stderr, proc.stderr
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.dtype == torch.bfloat16
     ids = _prompt_ids(run_dir)

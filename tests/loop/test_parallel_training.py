@@ -33,16 +33,23 @@ def _single_process(checkpointing: bool = False):
 
 
 @pytest.mark.parametrize(
-    "world,sp,checkpointing",
-    [(2, 2, False), (2, 1, False), (2, 2, True)],
-    ids=["sequence-parallel-2", "data-parallel-2", "sequence-parallel-2-gradient-checkpointing"],
+    "world,sp,checkpointing,mode",
+    [(2, 2, False, "ring"), (2, 1, False, "ring"), (2, 2, True, "ring"), (2, 2, True, "ulysses")],
+    ids=[
+        "sequence-parallel-2",
+        "data-parallel-2",
+        "sequence-parallel-2-gradient-checkpointing",
+        "ulysses-2-gradient-checkpointing",
+    ],
 )
-def test_parallel_training_matches_one_process(tmp_path: Path, world: int, sp: int, checkpointing: bool):
-    """With gradient checkpointing the backward recomputes the attention: it must ring over the SP group
-    again, or each rank's gradients see only its own tokens."""
+def test_parallel_training_matches_one_process(
+    tmp_path: Path, world: int, sp: int, checkpointing: bool, mode: str
+):
+    """With gradient checkpointing the backward recomputes the attention: it must ring (or all-to-all) over
+    the SP group again, or each rank's gradients see only its own tokens."""
     want, want_summary = _single_process(checkpointing)
     out = tmp_path / "rank0.pt"
-    run_distributed(train_and_save, world, sp, str(out), checkpointing)
+    run_distributed(train_and_save, world, sp, str(out), checkpointing, mode)
     got = torch.load(out, weights_only=True)
     assert got["summary"]["steps"] == want_summary["steps"] == 2
     assert got["summary"]["last_loss"] == pytest.approx(want_summary["last_loss"], rel=1e-5)

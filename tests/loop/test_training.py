@@ -197,3 +197,28 @@ def test_gradient_checkpointing_is_switched_on_only_when_asked(on: bool):
     peft_model = add_lora(model, TrainConfig(gradient_checkpointing=on), None)
     layers = peft_model.get_base_model().model.layers
     assert [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers] == [on] * len(layers)
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_a_bf16_nf4_base_trains_in_bf16_unless_upcast_is_asked(tiny_model_dir, upcast: bool):
+    """train.upcast_base = false: embeddings, norms and the residual stream stay bf16 (no fp32 copies);
+    the LoRA weights and their gradients are fp32. true: PEFT's k-bit preparation (fp32 copies and stream)."""
+    pytest.importorskip("bitsandbytes")
+    from sealong.loop.models import load_causal_lm, load_tokenizer
+    from sealong.loop.training import decoder_and_head
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir, "bfloat16", quantize="nf4")
+    cfg = TrainConfig(lora_r=4, lora_alpha=8, lr=1e-2, quantize="nf4", warmup_ratio=0.0, upcast_base=upcast)
+    peft_model = add_lora(model, cfg, None)
+    base = peft_model.get_base_model()
+    want = torch.float32 if upcast else torch.bfloat16
+    assert base.get_input_embeddings().weight.dtype == want
+    assert base.model.norm.weight.dtype == want and base.model.layers[0].input_layernorm.weight.dtype == want
+    assert {p.dtype for p in lora_parameters(peft_model).values()} == {torch.float32}
+    assert not any(p.requires_grad for n, p in peft_model.named_parameters() if "lora_" not in n)
+    decoder, _ = decoder_and_head(peft_model)
+    ids = torch.tensor([_examples(tok, 1)[0].chosen_ids])
+    assert decoder(input_ids=ids).last_hidden_state.dtype == want  # the residual stream
+    summary = train_orpo(peft_model, _examples(tok, 2), cfg, tok.pad_token_id, seed=0)
+    assert summary["steps"] == 2 and summary["last_loss"] == summary["last_loss"]  # finite

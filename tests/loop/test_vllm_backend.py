@@ -242,3 +242,83 @@ def test_vllm_sampler_without_cascade_sends_the_chunk_in_one_call(fake_vllm, tin
     # the same samples as one call per question (the stand-in, like vLLM, seeds by request)
     cascade, _ = make_sampler(_vllm_cfg(), tiny_model_dir, None, None, None, seed=6)
     assert cascade.sample(prompts, seeds=[100, 200, 300]) == out and len(fake_vllm.calls) == 3
+
+
+# --- vllm.batching and vllm.engine_in_process ---------------------------------------------------------
+
+
+def test_sampling_calls_per_question_and_continuous():
+    from sealong.loop.vllm_backend import sampling_calls
+
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    params = [sampling_kwargs(4, 0.7, 1.0, 8, seed, [2]) for seed in (10, 20, 30)]
+    per_q = sampling_calls(prompts, params, "per-question")
+    assert per_q == [([[1, 2]], params[0]), ([[3]], params[1]), ([[4, 5, 6]], params[2])]
+    ((sent, sent_params),) = sampling_calls(prompts, params, "continuous")
+    assert sent == prompts and sent_params == params  # one params per prompt, paired in order
+    assert sampling_calls([], [], "continuous") == [] == sampling_calls([], [], "per-question")
+    with pytest.raises(ValueError, match="2 prompts but 3"):
+        sampling_calls(prompts[:2], params, "continuous")
+    with pytest.raises(ValueError, match="batching"):
+        sampling_calls(prompts, params, "auto")  # resolve it first (batching_mode)
+
+
+def test_batching_mode_resolves_auto_by_cascade_and_keeps_an_explicit_choice():
+    from sealong.loop.vllm_backend import batching_mode
+
+    def mode(**vllm):
+        return batching_mode(config_from_dict({"vllm": vllm}, check_paths=False))
+
+    assert mode() == "per-question" and mode(disable_cascade_attn=True) == "continuous"
+    assert mode(batching="continuous") == "continuous"
+    assert mode(batching="per-question", disable_cascade_attn=True) == "per-question"  # e.g. to measure it
+
+
+@pytest.mark.parametrize("n_questions", [1, 5])
+def test_both_batching_modes_give_each_question_the_same_samples_and_seeds(
+    fake_vllm, tiny_model_dir, n_questions
+):
+    from sealong.loop.samplers import make_sampler
+
+    prompts = [[1, 2, 3, 4][: 1 + k % 4] + [k] for k in range(n_questions)]
+    seeds = [1000 + 17 * k for k in range(n_questions)]
+    outs, calls = {}, {}
+    for batching in ("per-question", "continuous"):
+        fake_vllm.calls.clear()
+        cfg = config_from_dict(
+            {"sample": {"backend": "vllm", "n": 3, "max_new_tokens": 6}, "vllm": {"batching": batching}},
+            check_paths=False,
+        )
+        sampler, _ = make_sampler(cfg, tiny_model_dir, None, None, None, seed=5)
+        outs[batching], calls[batching] = sampler.sample(prompts, seeds), list(fake_vllm.calls)
+    assert len(calls["per-question"]) == n_questions and len(calls["continuous"]) == 1
+    sent_seeds = {
+        "per-question": [p.seed for _, p, _ in calls["per-question"]],
+        "continuous": [p.seed for p in calls["continuous"][0][1]],
+    }
+    assert sent_seeds["per-question"] == sent_seeds["continuous"] == seeds
+    assert outs["per-question"] == outs["continuous"]
+    # each question's N samples carry its seed's children (seed, seed + 1, ...), in question order
+    assert [[c.text.split()[0] for c in q] for q in outs["continuous"]] == [
+        [f"s{s + k}" for k in range(3)] for s in seeds
+    ]
+
+
+@pytest.mark.parametrize("in_process, expected", [(True, "0"), (False, "1")])
+def test_engine_in_process_sets_vllm_multiprocessing_for_the_engine_and_each_replica(
+    fake_vllm, tiny_model_dir, monkeypatch, in_process, expected
+):
+    import os
+
+    from sealong.loop.replicas import replica_envs
+    from sealong.loop.samplers import make_sampler
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "unset by the test")  # restored afterwards
+    cfg = config_from_dict(
+        {"sample": {"backend": "vllm", "replicas": 2}, "vllm": {"engine_in_process": in_process}},
+        check_paths=False,
+    )
+    make_sampler(cfg, tiny_model_dir, None, None, None, seed=5)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == expected  # set before LLM() read it
+    envs = replica_envs(cfg, {"VLLM_ENABLE_V1_MULTIPROCESSING": "inherited"}, ["0", "1"], 8)
+    assert [e["VLLM_ENABLE_V1_MULTIPROCESSING"] for e in envs] == [expected, expected]
