@@ -72,10 +72,10 @@ def vllm_ab_child(args) -> None:
     """One engine (engine_in_process as given), both batching modes on it; prints one JSON line."""
     import tempfile
 
+    from sealong.loop.backends.models import prepare_base_model
+    from sealong.loop.backends.sampler import make_sampler
     from sealong.loop.config import PLAN_AND_SOLVE, config_from_dict
-    from sealong.loop.models import prepare_base_model
-    from sealong.loop.prompts import build_prompt
-    from sealong.loop.samplers import make_sampler
+    from sealong.loop.recipe.prompts import build_prompt
     from sealong.loop.tasks.synthetic import generate
 
     def cfg_for(batching: str):
@@ -206,9 +206,7 @@ def main() -> None:
 
     import torch
     from sealong.kernels import mbr
-    from sealong.loop.config import PLAN_AND_SOLVE, TrainConfig
-    from sealong.loop.metrics import subem
-    from sealong.loop.models import (
+    from sealong.loop.backends.models import (
         compute_device,
         load_causal_lm,
         load_embedder,
@@ -216,10 +214,12 @@ def main() -> None:
         load_tokenizer,
         prepare_base_model,
     )
-    from sealong.loop.prompts import build_prompt
-    from sealong.loop.sampling import greedy_batch, sample_n
+    from sealong.loop.backends.transformers_backend import greedy_batch, sample_n
+    from sealong.loop.config import PLAN_AND_SOLVE, TrainConfig
+    from sealong.loop.recipe.metrics import subem
+    from sealong.loop.recipe.prompts import build_prompt
     from sealong.loop.tasks.synthetic import generate
-    from sealong.loop.training import PairExample, add_lora, encode_response, orpo_step_loss
+    from sealong.loop.training.orpo import PairExample, add_lora, encode_response, orpo_step_loss
 
     device = compute_device(args.device)
     dtype = "bfloat16" if device.type == "cuda" else "float32"

@@ -32,7 +32,7 @@ RESPONSE = 300
 
 def _build_model(directory: Path) -> None:
     import torch
-    from sealong.loop.models import _smollm2_gguf_tokenizer
+    from sealong.loop.backends.models import _smollm2_gguf_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _smollm2_gguf_tokenizer()
@@ -56,9 +56,9 @@ def _build_model(directory: Path) -> None:
 
 def child(variant: str, S: int, model_dir: str) -> dict:
     import torch
+    from sealong.loop.backends.models import load_causal_lm
     from sealong.loop.config import TrainConfig
-    from sealong.loop.models import load_causal_lm
-    from sealong.loop.training import IGNORE, PairExample, add_lora, orpo_step_loss
+    from sealong.loop.training.orpo import IGNORE, PairExample, add_lora, orpo_step_loss
 
     torch.set_num_threads(1)
     model = load_causal_lm(Path(model_dir), "bfloat16", quantize="nf4")

@@ -30,10 +30,10 @@ def main() -> None:
     if args.quick:
         args.n, args.new_tokens, args.repeats = 4, 32, 1
 
+    from sealong.loop.backends.models import load_causal_lm, load_tokenizer, prepare_base_model
+    from sealong.loop.backends.transformers_backend import sample_n
     from sealong.loop.config import PLAN_AND_SOLVE
-    from sealong.loop.models import load_causal_lm, load_tokenizer, prepare_base_model
-    from sealong.loop.prompts import build_prompt
-    from sealong.loop.sampling import sample_n
+    from sealong.loop.recipe.prompts import build_prompt
     from sealong.loop.tasks.synthetic import generate
 
     with tempfile.TemporaryDirectory() as wd:

@@ -94,7 +94,7 @@ def _size(path: Path) -> int:
 
 
 def build() -> None:
-    from sealong.loop.models import bundled_minilm_dir, prepare_base_model
+    from sealong.loop.backends.models import bundled_minilm_dir, prepare_base_model
 
     versions = _versions()
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""ORPO loss over response tokens only (SEALONG's recipe, DESIGN.md §1): the public entry point.
+"""ORPO loss over response tokens only (SEALONG's recipe, docs/ARCHITECTURE.md, "The recipe"): the public entry point.
 
 loss = NLL(chosen response) + beta · (−log σ(log_odds(chosen) − log_odds(rejected)))
 log_odds(y) = log p − log(1 − p), where log p is the length-averaged log-probability of y's response

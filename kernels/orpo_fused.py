@@ -110,7 +110,7 @@ def fused_linear_orpo_loss(
     chunk_size: int = 1024,
     group: dist.ProcessGroup | None = None,
 ) -> OrpoOutput:
-    """DESIGN.md §1 ORPO from hidden states and lm_head weight, token-chunked over response tokens only.
+    """docs/ARCHITECTURE.md, "The recipe" ORPO from hidden states and lm_head weight, token-chunked over response tokens only.
 
     hidden_*: [B, T, H] (T may differ between chosen and rejected; under ``group``, this rank's slice of the
     tokens), weight: [V, H], labels_*: [B, T] already shifted. Returns ``OrpoOutput``; the loss is the same

@@ -1,6 +1,6 @@
 """Liger-Kernel's ``LigerFusedLinearORPOLoss`` as a selectable ORPO backend (short sequences, no SP).
 
-Liger computes a different loss from DESIGN.md §1 in two ways, so it is tested against its own reference
+Liger computes a different loss from docs/ARCHITECTURE.md, "The recipe" in two ways, so it is tested against its own reference
 (``orpo_loss_reference_liger_convention``), not against ``orpo_loss_reference``:
 
 1. NLL normalisation: Liger sums the chosen NLL over every response token of the batch and divides by the
@@ -9,7 +9,7 @@ Liger computes a different loss from DESIGN.md §1 in two ways, so it is tested 
 2. Liger does not clamp log p below 0 before log(1 − p); ours clamps at −1e-6 so the odds stay finite.
 
 It also chunks over the batch only and upcasts each chunk's full [2·chunk, T, V] logits to fp32: one long
-pair still builds the whole [2, T, V] tensor (DESIGN.md §5). Use the ``fused`` backend for long contexts.
+pair still builds the whole [2, T, V] tensor (it chunks over the batch only and upcasts each chunk's logits to fp32). Use the ``fused`` backend for long contexts.
 """
 
 from __future__ import annotations

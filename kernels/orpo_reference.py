@@ -1,4 +1,4 @@
-"""ORPO loss over response tokens only (SEALONG's recipe, DESIGN.md §1): the definitions and the naive reference.
+"""ORPO loss over response tokens only (SEALONG's recipe, docs/ARCHITECTURE.md, "The recipe"): the definitions and the naive reference.
 
 loss = NLL(chosen response) + beta · (−log σ(log_odds(chosen) − log_odds(rejected)))
 log_odds(y) = log p − log(1 − p), where log p is the length-averaged log-probability of y's response

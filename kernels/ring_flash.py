@@ -12,7 +12,7 @@ UNTESTED: no GPU with flash_attn has run this file; on CPU only its guards are t
   parameter-count check that fails on transformers 5.25, so it is not used: ``hf_ring_flash_attention_forward``
   is registered through ``AttentionInterface`` and calls the core ``llama3_flash_attn_varlen_func`` itself.
 - Layout: one packed row of documents (``cu_seqlens`` over the whole row), each rank holding a contiguous
-  slice (loop/training.py ``pack_for_ring_flash``); ``update_ring_flash_attn_params`` per batch computes the
+  slice (loop/training/orpo.py ``pack_for_ring_flash``); ``update_ring_flash_attn_params`` per batch computes the
   slice's cu_seqlens with ring_flash_attn's ``llama3_flash_attn_prepare_cu_seqlens``.
 """
 

@@ -1,12 +1,14 @@
 """Typed run configuration, loaded from TOML and validated at load.
 
 Every problem (unknown key, wrong type, impossible value, missing file) is collected and reported in one
-ConfigError naming the file, the line and the field. The embedded default is configs/tiny-cpu.toml.
+ConfigError naming the file, the line and the field. The embedded default is configs/tiny-cpu.toml, which
+ships in the package (sealong.configs) with the other built-in configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import os
 import re
@@ -18,8 +20,10 @@ from typing import Any, Literal
 import tomllib
 from sealong.loop.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.toml"
+# The built-in configs are package data (configs/ in the source tree, sealong/configs/ once installed), so
+# `--config`-less commands work from any directory; pip installs them unpacked, as plain files.
+BUILTIN_CONFIGS = Path(str(importlib.resources.files("sealong.configs")))
+DEFAULT_CONFIG = BUILTIN_CONFIGS / "tiny-cpu.toml"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PLAN_AND_SOLVE = (
     "Let's first understand the problem and devise a plan to solve it. "
@@ -487,7 +491,7 @@ def _has_port(endpoint: str) -> bool:
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
-# The models a spec can name without a directory (loop/models.py builds or converts them)
+# The models a spec can name without a directory (loop/backends/models.py builds or converts them)
 BUILTIN_POLICIES = ("bundled:smollm2-135m-instruct", "tiny-random-llama")
 BUILTIN_EMBEDDERS = ("bundled:all-minilm-l6-v2",)
 
@@ -660,7 +664,7 @@ def load_config(path: str | Path, check_paths: bool = True) -> Config:
         raise ConfigError(
             str(path),
             [
-                "the file sets nothing (empty, or only comments); copy configs/tiny-cpu.toml and edit it, "
+                f"the file sets nothing (empty, or only comments); copy {DEFAULT_CONFIG} and edit it, "
                 "or leave out --config to run the embedded default"
             ],
         )
@@ -668,21 +672,11 @@ def load_config(path: str | Path, check_paths: bool = True) -> Config:
 
 
 def dump_config_toml(cfg: Config) -> str:
-    """A TOML rendering of a config (stored with each run so a resumed run uses the same settings)."""
-    out = []
-    for section, values in cfg.to_dict().items():
-        out.append(f"[{section}]")
-        for k, v in values.items():
-            out.append(f"{k} = {_toml_value(v)}")
-        out.append("")
-    return "\n".join(out)
+    """A TOML rendering of a config (stored with each run so a resumed run uses the same settings), by
+    tomli-w: any string (a multi-line instruction, control characters) comes back unchanged. A None (an
+    unset optional key) is left out: TOML has no null, and loading gives the default, None, again."""
+    import tomli_w
 
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
+    return tomli_w.dumps(
+        {s: {k: v for k, v in vals.items() if v is not None} for s, vals in cfg.to_dict().items()}
+    )

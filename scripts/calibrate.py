@@ -15,11 +15,11 @@ import json
 import time
 from pathlib import Path
 
-from sealong.loop import diagnostics
+from sealong.loop.backends.models import load_causal_lm, load_tokenizer, prepare_base_model
+from sealong.loop.backends.transformers_backend import greedy_batch, sample_n
 from sealong.loop.config import PLAN_AND_SOLVE
-from sealong.loop.models import load_causal_lm, load_tokenizer, prepare_base_model
-from sealong.loop.prompts import build_prompt
-from sealong.loop.sampling import greedy_batch, sample_n
+from sealong.loop.recipe import diagnostics
+from sealong.loop.recipe.prompts import build_prompt
 from sealong.loop.stages.score import Scorer
 from sealong.loop.tasks.synthetic import generate
 

@@ -9,7 +9,7 @@ lineage changes). Then runs of the same config with random faults
 inside a stage (mid-stage after rows committed, inside atomic writes, between an adapter's rename and
 its commit, inside the last transaction, after the commit) or a random delay into it; the controller is
 restarted until the run finishes. A trial is one fault that fired. After each, the workdir's integrity
-is checked (sealong.loop.integrity.verify); after each run, its data is compared with the reference:
+is checked (sealong.loop.engine.integrity.verify); after each run, its data is compared with the reference:
 rows missing or extra (data lost) and rows whose content differs. Training checkpoints are off, so an
 interrupted training restarts from scratch and every row, adapter hashes included, must equal the
 reference's (a resumed checkpoint matches only within float tolerance). Exit 1 if anything was

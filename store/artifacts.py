@@ -1,4 +1,4 @@
-"""Atomic artifact writes and content hashes.
+"""Atomic artifact writes, content hashes, and the one check of an adapter before it is used.
 
 A stage writes its outputs to a temporary sibling, fsyncs, and renames into place; only then does it mark
 itself done in the database. A kill at any moment leaves either no artifact or a whole one, and an
@@ -7,6 +7,9 @@ artifact on disk that the database does not reference is garbage the next attemp
 
 The writes pass the fault-injection points of sealong.store.faults (write-partial, before-rename,
 after-rename), so the reliability tests can kill a writer at each step.
+
+An adapter is read only after `verify_adapter` (its sha256 against the store's, safetensors weights, no
+pickled ones) returned its directory; the stages, `export`, `show` and `verify` all ask it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,24 @@ import hashlib
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NewType
 
 from sealong.store import faults
+from sealong.store.liveness import process_alive
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# Weight files that torch.load unpickles, which can run any code: never loaded, whether adapter, policy or
+# embedder. PEFT falls back to adapter_model.bin when no safetensors file is there, so an adapter holding
+# one is refused; models and embedders are loaded with use_safetensors=True.
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+# An adapter directory that verify_adapter checked against the store: the only kind of path PEFT is given
+# (tests/store/test_adapter_verifier.py checks every PeftModel.from_pretrained call for it).
+VerifiedAdapter = NewType("VerifiedAdapter", Path)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -39,6 +55,57 @@ def sha256_dir(path: str | Path) -> str:
         h.update(f.relative_to(root).as_posix().encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+def adapter_file_problems(path: Path, shown: str | Path) -> list[str]:
+    """What in the adapter directory `path` keeps it from being loaded (its weights not safetensors, a
+    pickled weight file beside them, no adapter_config.json), each naming it as `shown`; [] when nothing."""
+    names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    pickled = [n for n in names if n.endswith(PICKLED_WEIGHT_SUFFIXES)]
+    out = []
+    if pickled or ADAPTER_WEIGHTS not in names:
+        out.append(
+            f"{shown} must hold {ADAPTER_WEIGHTS} and no pickled weights "
+            f"(found {pickled or 'no ' + ADAPTER_WEIGHTS}); sealong-loop loads safetensors only"
+        )
+    if ADAPTER_CONFIG not in names:
+        out.append(f"{shown} lacks {ADAPTER_CONFIG}")
+    return out
+
+
+def adapter_problems(workdir: Path, record: Mapping[str, Any]) -> list[str]:
+    """Everything that keeps a stored adapter from being used, [] when nothing does. `record` is its row in
+    the store: `path` (relative to the workdir, as the messages name it) and the `sha256` of its files."""
+    rel = record["path"]
+    path = Path(workdir) / rel
+    if not path.is_dir():
+        return [f"directory {rel} is missing"]
+    out = []
+    if sha256_dir(path) != record["sha256"]:
+        out.append(f"files in {rel} do not match the recorded sha256 (corrupted?)")
+    return out + adapter_file_problems(path, rel)
+
+
+def verify_adapter(workdir: Path, record: Mapping[str, Any]) -> VerifiedAdapter:
+    """The stored adapter's directory, once its files match the recorded sha256, hold safetensors weights
+    and its config, and no pickled weights; else IntegrityError naming every problem. Call it right before
+    the adapter is loaded: its files are read after this check only by PEFT or vLLM."""
+    problems = adapter_problems(workdir, record)
+    if problems:
+        from sealong.loop.errors import IntegrityError
+
+        raise IntegrityError(f"adapter {record['id']}: " + "; ".join(problems))
+    return VerifiedAdapter(Path(workdir) / record["path"])
+
+
+def require_adapter_files(path: Path) -> None:
+    """IntegrityError unless the adapter directory `path` holds only loadable files (adapter_file_problems):
+    the last check before PEFT reads it, which holds for an adapter not taken from a store as well."""
+    problems = adapter_file_problems(Path(path), f"adapter {path}")
+    if problems:
+        from sealong.loop.errors import IntegrityError
+
+        raise IntegrityError("; ".join(problems))
 
 
 def _fsync_tree(path: Path) -> None:
@@ -140,15 +207,7 @@ def remove_stale_temps(directory: str | Path, keep_live_writers: bool = False) -
 
 def _writer_alive(temp_name: str) -> bool:
     pid = temp_name.rsplit("-", 1)[-1]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
+    return pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))
 
 
 def is_disk_full(exc: BaseException) -> bool:

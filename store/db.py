@@ -365,8 +365,16 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 
 
 def _split_sql(sql: str) -> list[str]:
-    lines = [ln.split("--", 1)[0] for ln in sql.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """A migration's statements, one by one (`execute` takes one; `executescript` would commit). A
+    statement ends at the first `;` where SQLite deems it complete, so a `;` or `--` inside a string
+    literal, a comment or a trigger body ends nothing."""
+    statements, start = [], 0
+    for end, char in enumerate(sql, 1):
+        if char == ";" and sqlite3.complete_statement(sql[start:end]):
+            statements.append(sql[start:end].strip())
+            start = end
+    statements.append(sql[start:].strip())  # a last statement without `;`, or only space and comments
+    return [s for s in statements if s]
 
 
 class Transaction:

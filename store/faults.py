@@ -29,6 +29,14 @@ SEALONG_FAULT_DIR=<dir>: each entry fires at most once, claimed by creating <dir
 where it fired); without it an entry fires every time its point is reached.
 
     SEALONG_FAULT="train:after-rename@adapter-*:kill,eval:progress:kill-controller" SEALONG_FAULT_DIR=/tmp/f
+
+How code reaches a point: `point(name, target)` where a process can be killed or made to fail;
+`tamper(name, target, value)` where a value can be made wrong instead (returns `value`, or `value * nan`
+/ `value * inf` when a nan / inf entry fires there). The code under test calls these itself, at a fixed
+place, so no test or stage process replaces a module's attribute to inject a fault. The `loss` point is
+sealong.loop.training.orpo.train_orpo's call `tamper("loss", n, loss)` on each micro-batch's loss, n
+counting this process's micro-batches from 1, before the loss is checked for NaN/inf. A process that
+never called set_context (a worker node's ranks, a test's) matches no entry: it has no stage.
 """
 
 from __future__ import annotations
@@ -43,7 +51,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 ENV, ONCE_DIR_ENV = "SEALONG_FAULT", "SEALONG_FAULT_DIR"
 ACTIONS = ("kill", "kill-controller", "fail", "enospc", "hang", "nan", "inf")
 _ENTRY = re.compile(
@@ -118,6 +128,13 @@ def point(
         _act(e, name, attempt)
         return e.action
     return None
+
+
+def tamper(name: str, target: object, value: T) -> T:
+    """Reach a named point that can corrupt `value`: an entry with action nan / inf that fires here
+    returns `value * nan` / `value * inf`; otherwise `value` itself (other actions act as at `point`)."""
+    action = point(name, str(target))
+    return value * float(action) if action in ("nan", "inf") else value
 
 
 def _claim(e: Entry, stage: str | None, rnd: int | None, name: str, target: str | None) -> bool:

@@ -61,7 +61,7 @@ def built_once(tmp_path_factory, name: str):
 def model_cache(tmp_path_factory):
     """One SEALONG_MODEL_CACHE for the session: each bundled model is converted once, not once per run
     (~8 s for the tiny Llama, ~35 s for SmolLM2). Every CLI the tests start inherits it."""
-    from sealong.loop.models import MODEL_CACHE_ENV
+    from sealong.loop.backends.models import MODEL_CACHE_ENV
 
     d = tmp_path_factory.getbasetemp() / "model-cache"
     with pytest.MonkeyPatch.context() as mp:
@@ -72,7 +72,7 @@ def model_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model():
     """(model, tokenizer) of the 2-layer random Llama, built once per session."""
-    from sealong.loop.models import build_tiny_random_llama
+    from sealong.loop.backends.models import build_tiny_random_llama
 
     model, tok = build_tiny_random_llama(seed=0)
     model.eval()

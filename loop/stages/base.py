@@ -2,7 +2,7 @@
 
 A stage is a function ``run(ctx) -> None`` in its own module. It writes its outputs and then, in the
 same transaction as its last writes, calls ``ctx.mark_done(summary)``. The controller never runs stage
-code itself: each stage runs in a child process (`python -m sealong.loop.stage_main`).
+code itself: each stage runs in a child process (`python -m sealong.loop.engine.stage_main`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from typing import Any
 
 import sqlite_utils
 from sealong.loop.config import Config
-from sealong.store import faults
+from sealong.store import faults, state
 from sealong.store.db import dumps, log_event, one, rows
-
-STAGES = ["sample", "score", "pairs", "train", "eval", "promote"]
 
 
 @dataclass
@@ -59,24 +57,15 @@ class StageContext:
         self._last_progress = now
         if unit != self._progress_unit:  # a new phase: the monitor's rate and ETA start from here
             self._progress_unit = unit
-            self.db.execute(
-                "UPDATE stages SET progress_since = ?, progress_since_done = ? WHERE id = ?",
-                (time.time(), done, self.stage_id),
-            )
-        self.db.execute(
-            "UPDATE stages SET progress_done = ?, progress_total = ?, progress_unit = ?, progress_note = ? WHERE id = ?",
-            (done, total, unit, note, self.stage_id),
-        )
+            state.start_progress_phase(self.db, self.stage_id, done)
+        state.record_progress(self.db, self.stage_id, done, total, unit, note)
 
     def event(self, message: str, level: str = "info") -> None:
         log_event(self.db, message, level, self.run_id, self.round_id, self.name)
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         """Call inside the transaction that holds the stage's last writes."""
-        self.db.execute(
-            "UPDATE stages SET status = 'done', finished_at = ?, output_json = ?, error = NULL WHERE id = ?",
-            (time.time(), dumps(summary), self.stage_id),
-        )
+        state.mark_stage_done(self.db, self.stage_id, dumps(summary))
         faults.point("mark-done")  # tests: killed here, the whole transaction rolls back
 
     def round_questions(self) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 The base model is evaluated once (the first round) and every candidate adapter on the same questions.
 Rows are committed per batch, so a killed stage resumes where it stopped. With sample.replicas > 1 the
-held-out questions are shared among that many policy replicas (sealong.loop.replicas). Each replica
+held-out questions are shared among that many policy replicas (sealong.loop.engine.replicas). Each replica
 batches its own share; with eval.batch_size > 1 (and with vLLM, which batches as it likes) a question's
 left padding and batch mates change with the sharing, so an answer can differ in floating-point detail
 from a one-process run. With batch size 1 on the transformers backend they are identical (tested).
@@ -15,10 +15,10 @@ import os
 import time
 from collections.abc import Callable
 
+from sealong.loop.engine.replicas import run_replicas, share
 from sealong.loop.errors import SealongError
-from sealong.loop.metrics import subem
-from sealong.loop.prompts import build_prompt
-from sealong.loop.replicas import run_replicas, share
+from sealong.loop.recipe.metrics import subem
+from sealong.loop.recipe.prompts import build_prompt
 from sealong.loop.stages.base import StageContext
 from sealong.loop.stages.common import base_dir, policy_sampler
 from sealong.store import faults

@@ -12,7 +12,7 @@ import zlib
 from itertools import groupby
 from typing import Any
 
-from sealong.loop import diagnostics
+from sealong.loop.recipe import diagnostics
 from sealong.loop.stages.base import StageContext
 from sealong.store.db import Transaction, rows
 

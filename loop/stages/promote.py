@@ -1,6 +1,6 @@
 """Promote stage: the candidate becomes champion only if the gate says it beats the champion.
 
-The gate (sealong.loop.gate) compares both models on the same eval questions, paired: by default a
+The gate (sealong.loop.recipe.gate) compares both models on the same eval questions, paired: by default a
 stratified paired bootstrap on the gain in mean-over-tasks SubEM. The decision, gain, confidence
 interval, p-value and output-length ratio are recorded on the round and shown by `status`.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 
-from sealong.loop import gate
+from sealong.loop.recipe import gate
 from sealong.loop.stages.base import StageContext, champion
+from sealong.store import state
 from sealong.store.db import Transaction, dumps, rows
 
 
@@ -67,10 +68,7 @@ def run(ctx: StageContext) -> None:
             ctx.db.execute("UPDATE adapters SET status = 'champion' WHERE id = ?", (candidate,))
         else:
             ctx.db.execute("UPDATE adapters SET status = 'rejected' WHERE id = ?", (candidate,))
-        ctx.db.execute(
-            "UPDATE rounds SET promoted = ?, decision_json = ? WHERE id = ?",
-            (int(promoted), dumps(decision), ctx.round_id),
-        )
+        state.record_decision(ctx.db, ctx.round_id, promoted, dumps(decision))
         verdict = "promoted to champion" if promoted else "not promoted"
         ctx.event(
             f"{candidate} {verdict}: SubEM {decision['candidate_subem']:.1f} vs {champ_key} "

@@ -3,7 +3,7 @@
 Policy = base model + the champion adapter at the round's start (round 0: the base alone). Samples are
 committed per chunk of questions (one question on CPU), so a killed stage resumes at the next question;
 the stage is marked done once every question has its N samples (and, for the diagnostics, a greedy answer).
-With sample.replicas > 1 the questions are shared among that many policy replicas (sealong.loop.replicas);
+With sample.replicas > 1 the questions are shared among that many policy replicas (sealong.loop.engine.replicas);
 every question's seed is its own, so the samples do not depend on the number of replicas.
 """
 
@@ -14,10 +14,10 @@ import time
 import zlib
 from collections.abc import Callable
 
+from sealong.loop.engine.replicas import ENV as REPLICA_ENV
+from sealong.loop.engine.replicas import run_replicas, share
 from sealong.loop.errors import SealongError
-from sealong.loop.prompts import build_prompt
-from sealong.loop.replicas import ENV as REPLICA_ENV
-from sealong.loop.replicas import run_replicas, share
+from sealong.loop.recipe.prompts import build_prompt
 from sealong.loop.stages.base import StageContext
 from sealong.loop.stages.common import base_dir, policy_sampler
 from sealong.store import faults

@@ -13,8 +13,8 @@ from itertools import groupby
 
 import torch
 from sealong.kernels import mbr
+from sealong.loop.backends.models import load_embedder
 from sealong.loop.errors import SealongError
-from sealong.loop.models import load_embedder
 from sealong.loop.stages.base import StageContext
 from sealong.store.db import Transaction, rows
 

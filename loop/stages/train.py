@@ -12,22 +12,23 @@ import shutil
 import time
 from pathlib import Path
 
-from sealong.loop import parallel
+from sealong.loop.backends.models import base_model_fingerprint, load_causal_lm, load_tokenizer
 from sealong.loop.config import Config
-from sealong.loop.errors import IntegrityError, SealongError
-from sealong.loop.models import base_model_fingerprint, load_causal_lm, load_tokenizer
-from sealong.loop.prompts import build_prompt
+from sealong.loop.errors import IntegrityError, RankDisagreement, SealongError
+from sealong.loop.recipe.prompts import build_prompt
 from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
 from sealong.loop.stages.common import base_dir, verified_adapter_dir
-from sealong.loop.training import (
+from sealong.loop.training import parallel
+from sealong.loop.training.checkpoints import latest_checkpoint
+from sealong.loop.training.orpo import (
     PairExample,
     add_lora,
     encode_response,
-    latest_checkpoint,
     optimizer_steps,
     train_orpo,
 )
-from sealong.store.artifacts import atomic_dir, remove_stale_temps, sha256_dir
+from sealong.store import state
+from sealong.store.artifacts import VerifiedAdapter, atomic_dir, remove_stale_temps, sha256_dir
 from sealong.store.db import Transaction, dumps, one, rows
 
 PAIRS_SQL = """
@@ -41,7 +42,7 @@ WHERE p.round_id = ? ORDER BY p.id
 def run(ctx: StageContext) -> None:
     """One process, or every rank of a torchrun job on the controller's node. Rank 0 alone reads the
     store and writes files and rows; the other ranks (`follow`) get the pairs and the starting weights
-    from it, as the ranks of other nodes do (sealong.loop.worker)."""
+    from it, as the ranks of other nodes do (sealong.loop.training.worker)."""
     d = ctx.cfg.distributed
     par = parallel.setup(d.sequence_parallel_size, d.backend, ctx.cfg.policy.device)
     par.sp_mode = d.sequence_parallel
@@ -99,7 +100,9 @@ def follow(par: parallel.Parallel, base: Path | None, problem: str | None = None
     return True
 
 
-def _prepare_together(cfg: Config, base: Path, init: Path | None, pairs: list[dict], par: parallel.Parallel):
+def _prepare_together(
+    cfg: Config, base: Path, init: VerifiedAdapter | None, pairs: list[dict], par: parallel.Parallel
+):
     """_prepare on every rank; if it fails on any (out of memory, a missing package on one node), every
     rank raises, rank 0 with its own error when it is the one that failed."""
     try:
@@ -110,14 +113,14 @@ def _prepare_together(cfg: Config, base: Path, init: Path | None, pairs: list[di
         parallel.agree(
             None if failed is None else f"loading the model failed: {type(failed).__name__}: {failed}", par
         )
-    except parallel.RankDisagreement:
+    except RankDisagreement:
         if failed is not None:
             raise failed from None
         raise
     return out
 
 
-def _prepare(cfg: Config, base: Path, init: Path | None, pairs: list[dict]):
+def _prepare(cfg: Config, base: Path, init: VerifiedAdapter | None, pairs: list[dict]):
     tok = load_tokenizer(base, cfg.policy.trust_remote_code)
     model = load_causal_lm(
         base, cfg.policy.dtype, cfg.train.quantize, cfg.policy.trust_remote_code, cfg.policy.device
@@ -234,7 +237,7 @@ def _train(ctx: StageContext, par: parallel.Parallel) -> None:
                 dumps(summary),
             ),
         )
-        ctx.db.execute("UPDATE rounds SET candidate_adapter_id = ? WHERE id = ?", (adapter_id, ctx.round_id))
+        state.set_candidate(ctx.db, ctx.round_id, adapter_id)
         ctx.event(
             f"trained {adapter_id}: {summary['steps']} steps, loss {summary['first_loss']:.3f} → {summary['last_loss']:.3f}"
         )

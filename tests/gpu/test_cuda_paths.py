@@ -85,9 +85,9 @@ def test_liger_orpo_on_cuda_matches_its_convention(dtype, tol):
 
 def test_qlora_orpo_step_on_cuda_nf4(tiny_model_dir: Path):
     pytest.importorskip("bitsandbytes")
+    from sealong.loop.backends.models import load_causal_lm
     from sealong.loop.config import TrainConfig
-    from sealong.loop.models import load_causal_lm
-    from sealong.loop.training import PairExample, add_lora, lora_parameters, orpo_step_loss
+    from sealong.loop.training.orpo import PairExample, add_lora, lora_parameters, orpo_step_loss
 
     cfg = TrainConfig(quantize="nf4", lora_r=4, lora_alpha=8, loss="fused", gradient_checkpointing=True)
     model = add_lora(load_causal_lm(tiny_model_dir, "bfloat16", "nf4", device="cuda"), cfg, None)
@@ -107,8 +107,8 @@ def test_qlora_orpo_step_on_cuda_nf4(tiny_model_dir: Path):
 
 
 def test_sampling_and_greedy_on_cuda(tiny_model_dir: Path):
-    from sealong.loop.models import load_policy, load_tokenizer
-    from sealong.loop.sampling import greedy_batch, sample_n
+    from sealong.loop.backends.models import load_policy, load_tokenizer
+    from sealong.loop.backends.transformers_backend import greedy_batch, sample_n
 
     model, tok = load_policy(tiny_model_dir, None, "float32", device="auto"), load_tokenizer(tiny_model_dir)
     assert next(model.parameters()).is_cuda

@@ -206,8 +206,8 @@ def test_training_picks_the_mode_and_refuses_ulysses_with_heads_that_do_not_divi
     """loop/training.use_ring_attention: the attention follows [distributed] sequence_parallel; Ulysses with
     heads that do not divide by the SP size fails at the train stage's start, naming the field."""
     from sealong.loop.errors import SealongError
-    from sealong.loop.parallel import Parallel
-    from sealong.loop.training import use_ring_attention
+    from sealong.loop.training.orpo import use_ring_attention
+    from sealong.loop.training.parallel import Parallel
 
     class Wrapped:  # what use_ring_attention reads of a PEFT model
         def __init__(self, model):

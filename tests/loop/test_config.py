@@ -30,6 +30,17 @@ def test_dump_roundtrips():
     assert again.to_dict() == cfg.to_dict()
 
 
+def test_dump_keeps_any_string():
+    """A multi-line instruction, quotes, backslashes and control characters survive the stored config (the
+    hand-written writer once emitted invalid TOML for a newline)."""
+    import tomllib
+
+    cfg = load_config(TINY_CONFIG)
+    cfg.sample.instruction = 'First line.\nSecond "quoted" line\\ with a tab\tand a bell\x07.\r\n'
+    again = config_from_dict(tomllib.loads(dump_config_toml(cfg)))
+    assert again.sample.instruction == cfg.sample.instruction
+
+
 def test_all_problems_reported_together_with_lines(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[sample]\nn = 1\ncolour = 'red'\n\n[train]\nlr = -0.5\nlora_r = 'big'\n")
@@ -182,7 +193,7 @@ def test_a_stored_config_from_before_the_vllm_throughput_keys_still_loads():
         cfg = config_from_dict(stored, "<stored>", check_paths=False)
         # what these configs did before the keys existed: the engine core in-process, and batching by cascade
         assert cfg.vllm.batching == "auto" and cfg.vllm.engine_in_process is True
-        from sealong.loop.vllm_backend import batching_mode
+        from sealong.loop.backends.vllm_backend import batching_mode
 
         assert batching_mode(cfg) == ("continuous" if cascade_off else "per-question")
 

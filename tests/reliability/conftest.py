@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sealong.loop.models import prepare_base_model
+from sealong.loop.backends.models import prepare_base_model
 
 from ..conftest import CLI, TINY_CONFIG, built_once
 from .harness import make_config

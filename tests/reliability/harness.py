@@ -7,7 +7,7 @@ Two kinds of fault:
 - a timer: the harness SIGKILLs the controller or the stage process a random delay after the stage began.
 
 Used by tests/reliability/test_faults.py (a handful of faults in one run) and scripts/fault_campaign.py
-(hundreds). Each fault that fires is one trial: after it, `sealong.loop.integrity.verify` must report
+(hundreds). Each fault that fires is one trial: after it, `sealong.loop.engine.integrity.verify` must report
 nothing (checked in a read snapshot while the controller carries on, or after it died), the stage
 process must die with a killed controller, and the run must finish after restarts.
 """
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sealong.loop.integrity import verify
+from sealong.loop.engine.integrity import verify
 from sealong.store import faults
 from sealong.store.artifacts import sha256_file
 from sealong.store.db import connect, one, rows
@@ -227,7 +227,7 @@ def _is_our_stage_process(pid: int, wd: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"sealong.loop.stage_main" in argv and str(wd).encode() in argv
+    return b"sealong.loop.engine.stage_main" in argv and str(wd).encode() in argv
 
 
 def process_alive(pid: int) -> bool:

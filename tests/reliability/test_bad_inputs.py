@@ -423,7 +423,7 @@ def test_a_damaged_or_foreign_database_is_one_error_line(
 
 @pytest.mark.parametrize("name,make,expected", DAMAGED_DBS, ids=[r[0] for r in DAMAGED_DBS])
 def test_verify_reports_a_damaged_or_foreign_database_as_a_problem(tmp_path: Path, name: str, make, expected):
-    from sealong.loop.integrity import verify
+    from sealong.loop.engine.integrity import verify
 
     make(tmp_path / "sealong.db")
     assert verify(tmp_path) == [f"{tmp_path.resolve() / 'sealong.db'}{expected}"]

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from sealong.loop.controller import STOP_GRACE_S, holder_pid
+from sealong.loop.engine.controller import STOP_GRACE_S
+from sealong.loop.engine.integrity import verify
+from sealong.loop.engine.workdir import holder_pid
 from sealong.loop.errors import EXIT_STOPPED
-from sealong.loop.integrity import verify
 from sealong.store.artifacts import sha256_dir
 from sealong.store.db import connect, one, rows
 

@@ -3,7 +3,7 @@
 One run of one round on the tiny random Llama takes ten faults: each kills the stage process or the
 controller at a named point (including inside the atomic writes and between an adapter's rename and its
 commit) or after a delay; the harness restarts the controller until the run finishes and checks
-`sealong.loop.integrity.verify` after every fault. scripts/fault_campaign.py runs the same at scale.
+`sealong.loop.engine.integrity.verify` after every fault. scripts/fault_campaign.py runs the same at scale.
 A replicated round (sample.replicas = 2) takes kills of a replica, its coordinator and the controller,
 and ends with the rows of round 0 of the uninterrupted one-process run in conftest.py.
 """
@@ -55,7 +55,7 @@ def test_kills_inside_every_stage_lose_nothing(tmp_path: Path):
     )
 
 
-# -- data-parallel sample and eval (sealong.loop.replicas) ------------------------------------------------------
+# -- data-parallel sample and eval (sealong.loop.engine.replicas) ------------------------------------------------------
 
 ROUND0 = "JOIN rounds r ON r.id = t.round_id WHERE r.idx = 0"
 SAMPLES = f"SELECT question_id, sample_idx, text, n_tokens, seed FROM samples t {ROUND0} ORDER BY 1, 2"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sealong.loop.config import SECTIONS, Config, config_from_dict
 from sealong.loop.errors import ConfigError, DataError
-from sealong.loop.metrics import normalize, subem
+from sealong.loop.recipe.metrics import normalize, subem
 from sealong.loop.tasks.longbench import load_longbench
 from sealong.loop.tasks.musique import build_musique_pool
 from sealong.loop.tasks.records import read_jsonl
@@ -219,7 +219,7 @@ def tokenizer(tiny_model):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(words=st.integers(1, 3000), budget=st.integers(96, 400))
 def test_prompts_fit_their_budget_keep_both_ends_and_say_so(tokenizer, words: int, budget: int):
-    from sealong.loop.prompts import build_prompt
+    from sealong.loop.recipe.prompts import build_prompt
 
     context = "HEADMARK " + " ".join(f"w{i}" for i in range(words)) + " TAILMARK"
     p = build_prompt(tokenizer, context, "Which word?", "Think.", budget)
@@ -232,7 +232,7 @@ def test_prompts_fit_their_budget_keep_both_ends_and_say_so(tokenizer, words: in
 def test_a_huge_context_is_cut_without_tokenizing_it_whole(tokenizer):
     import time
 
-    from sealong.loop.prompts import build_prompt
+    from sealong.loop.recipe.prompts import build_prompt
 
     context = "HEADMARK " + "lorem ipsum dolor sit amet " * 400_000 + " TAILMARK"  # 10.8 MB
     t0 = time.monotonic()

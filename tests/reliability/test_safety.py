@@ -89,7 +89,7 @@ def _model_with_remote_code(tmp_path: Path, tiny_model_dir: Path) -> Path:
 
 def _load_in_child(model: Path, trust: bool, tmp_path: Path) -> subprocess.CompletedProcess:
     probe = (
-        "import sys\nfrom pathlib import Path\nfrom sealong.loop.models import load_causal_lm, load_tokenizer\n"
+        "import sys\nfrom pathlib import Path\nfrom sealong.loop.backends.models import load_causal_lm, load_tokenizer\n"
         "try:\n"
         f"    load_tokenizer(Path({str(model)!r}), {trust})\n"
         f"    load_causal_lm(Path({str(model)!r}), trust_remote_code={trust})\n"
@@ -148,7 +148,7 @@ def _pickle_bomb(path: Path, marker: Path) -> None:
 
 
 def test_a_model_with_pickled_weights_only_is_never_unpickled(tmp_path: Path, tiny_model_dir: Path):
-    from sealong.loop.models import load_causal_lm
+    from sealong.loop.backends.models import load_causal_lm
 
     d = tmp_path / "pickled-model"
     subprocess.run(["cp", "-r", str(tiny_model_dir), str(d)], check=True)
@@ -160,7 +160,7 @@ def test_a_model_with_pickled_weights_only_is_never_unpickled(tmp_path: Path, ti
 
 
 def test_an_adapter_with_pickled_weights_is_refused_before_peft_sees_it(tmp_path: Path, tiny_model_dir: Path):
-    from sealong.loop.models import load_policy
+    from sealong.loop.backends.models import load_policy
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -172,7 +172,7 @@ def test_an_adapter_with_pickled_weights_is_refused_before_peft_sees_it(tmp_path
 
 
 def test_an_embedder_with_pickled_weights_only_is_never_unpickled(tmp_path: Path):
-    from sealong.loop.models import bundled_minilm_dir, load_embedder
+    from sealong.loop.backends.models import bundled_minilm_dir, load_embedder
 
     d = tmp_path / "embedder"
     subprocess.run(["cp", "-r", str(bundled_minilm_dir()), str(d)], check=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sealong.loop.errors import IntegrityError, SealongError
+from sealong.store import db as db_module
 from sealong.store import lineage
 from sealong.store.artifacts import atomic_dir, sha256_dir
 from sealong.store.db import (
@@ -28,6 +29,25 @@ def test_migrations_are_named_recorded_and_idempotent(tmp_path: Path):
     assert {"runs", "rounds", "stages", "adapters", "samples", "pairs", "evals", "events"} <= set(
         db.table_names()
     )
+
+
+def test_a_migration_with_semicolons_and_dashes_in_strings_and_a_trigger_body_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    db = connect(tmp_path)
+    tricky = """
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL DEFAULT 'a; b -- not a comment');
+        CREATE TABLE note_log (note_id INTEGER, what TEXT);  -- a comment; with a semicolon
+        CREATE TRIGGER notes_logged AFTER INSERT ON notes BEGIN
+            INSERT INTO note_log (note_id, what) VALUES (new.id, 'added; -- logged');
+            UPDATE note_log SET what = what || ';' WHERE note_id = new.id;
+        END;
+        INSERT INTO notes (id) VALUES (1)
+    """
+    monkeypatch.setattr(db_module, "MIGRATIONS", [*MIGRATIONS, ("9999_tricky", tricky)])
+    assert migrate(db) == ["9999_tricky"]
+    assert rows(db, "SELECT body FROM notes") == [{"body": "a; b -- not a comment"}]
+    assert rows(db, "SELECT note_id, what FROM note_log") == [{"note_id": 1, "what": "added; -- logged;"}]
 
 
 def test_what_the_monitor_reads_every_second_is_answered_from_covering_indexes(tmp_path: Path):
