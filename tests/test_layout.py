@@ -22,6 +22,9 @@ CONFUSABLE = [
     ("loop/samplers.py", "loop/sampling.py"),
     ("loop/monitor.py", "loop/dashboard.py"),
     ("loop/training.py", "loop/training/"),
+    ("store/lineage.py", "loop/commands/lineage.py"),
+    ("loop/training/worker.py", "loop/commands/worker.py"),
+    ("loop/stages/common.py", "loop/commands/common.py"),
 ]
 
 

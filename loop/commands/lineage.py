@@ -25,7 +25,7 @@ from sealong.loop.commands import common
 from sealong.loop.errors import QueryError, SealongError
 from sealong.store.artifacts import adapter_problems
 from sealong.store.db import has_schema, one, rows
-from sealong.store.lineage import adapter_metrics, parent_chain
+from sealong.store.queries import adapter_metrics, parent_chain
 
 PAIR_TEXTS_SQL = """
 SELECT p.id AS pair_id, p.question_id, cs.text AS chosen, rs.text AS rejected

@@ -26,7 +26,7 @@ from sealong.loop.errors import SealongError
 from sealong.loop.stages.registry import STAGE_NAMES
 from sealong.store.artifacts import atomic_write_text
 from sealong.store.db import one, rows
-from sealong.store.lineage import adapter_metrics, diagnostics_by_round
+from sealong.store.queries import adapter_metrics, diagnostics_by_round
 
 PLOTS = {
     "subem_per_round.png": "Held-out SubEM per round",

@@ -18,8 +18,8 @@ from typing import Any
 
 import sqlite_utils
 from sealong.store.db import has_schema, one, rows
-from sealong.store.lineage import adapter_metrics, diagnostics_by_round
 from sealong.store.liveness import process_alive
+from sealong.store.queries import adapter_metrics, diagnostics_by_round
 
 
 @dataclass

@@ -1,8 +1,8 @@
-"""`sealong-loop worker`: another node's share of a multi-node training stage (sealong.loop.training.worker).
+"""`sealong-loop worker`: another node's share of a multi-node training stage (sealong.loop.training.multinode).
 
     sealong-loop worker --config configs/llama31-8b-8xh100.toml --node-rank 1 [--scratch DIR] [--once]
 
-The command line of sealong.loop.training.worker.serve, which does the waiting and the joining.
+The command line of sealong.loop.training.multinode.serve, which does the waiting and the joining.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def worker_command(config_path: str, node_rank: int, scratch: str, wait_s: int, 
 
     Example: sealong-loop worker --config configs/llama31-8b-8xh100.toml --node-rank 1
     """
-    from sealong.loop.training.worker import serve
+    from sealong.loop.training.multinode import serve
 
     def log(msg: str) -> None:
         click.echo(f"{time.strftime('%H:%M:%S')} {msg}")

@@ -6,7 +6,7 @@ the config's distributed world size is above 1 (one process per GPU; rank 0 reco
 Across nodes (distributed.nnodes > 1) the controller's node is node 0 of a static rendezvous: its
 torchrun agent hosts the store at distributed.rdzv_endpoint, so global rank 0, the only rank that reads
 the store and writes files, runs next to the controller. Each other node runs `sealong-loop worker
---node-rank K` (sealong.loop.training.worker), which starts the same torchrun job from its side (`worker_command`).
+--node-rank K` (sealong.loop.training.multinode), which starts the same torchrun job from its side (`worker_command`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def worker_command(cfg: Config, config_path: Path, node_rank: int, scratch: Path
     rank 0, so this node needs the config and the base model, never the workdir."""
     return torchrun(cfg, node_rank=node_rank, rdzv_timeout=wait_s) + [
         "-m",
-        "sealong.loop.training.worker",
+        "sealong.loop.training.multinode",
         "--config",
         str(config_path),
         "--scratch",

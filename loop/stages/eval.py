@@ -20,7 +20,7 @@ from sealong.loop.errors import SealongError
 from sealong.loop.recipe.metrics import subem
 from sealong.loop.recipe.prompts import build_prompt
 from sealong.loop.stages.base import StageContext
-from sealong.loop.stages.common import base_dir, policy_sampler
+from sealong.loop.stages.policy import base_dir, policy_sampler
 from sealong.store import faults
 from sealong.store.db import Transaction, one, rows
 

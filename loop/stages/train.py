@@ -17,7 +17,7 @@ from sealong.loop.config import Config
 from sealong.loop.errors import IntegrityError, RankDisagreement, SealongError
 from sealong.loop.recipe.prompts import build_prompt
 from sealong.loop.stages.base import StageContext, adapter_id_for_round, champion
-from sealong.loop.stages.common import base_dir, verified_adapter_dir
+from sealong.loop.stages.policy import base_dir, verified_adapter_dir
 from sealong.loop.training import parallel
 from sealong.loop.training.checkpoints import latest_checkpoint
 from sealong.loop.training.orpo import (
@@ -42,7 +42,7 @@ WHERE p.round_id = ? ORDER BY p.id
 def run(ctx: StageContext) -> None:
     """One process, or every rank of a torchrun job on the controller's node. Rank 0 alone reads the
     store and writes files and rows; the other ranks (`follow`) get the pairs and the starting weights
-    from it, as the ranks of other nodes do (sealong.loop.training.worker)."""
+    from it, as the ranks of other nodes do (sealong.loop.training.multinode)."""
     d = ctx.cfg.distributed
     par = parallel.setup(d.sequence_parallel_size, d.backend, ctx.cfg.policy.device)
     par.sp_mode = d.sequence_parallel

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sealong.loop.errors import IntegrityError, SealongError
 from sealong.store import db as db_module
-from sealong.store import lineage
+from sealong.store import queries
 from sealong.store.artifacts import atomic_dir, sha256_dir
 from sealong.store.db import (
     EMPTY_WAIT_S,
@@ -51,7 +51,7 @@ def test_a_migration_with_semicolons_and_dashes_in_strings_and_a_trigger_body_ap
 
 
 def test_what_the_monitor_reads_every_second_is_answered_from_covering_indexes(tmp_path: Path):
-    from sealong.store.lineage import ADAPTER_METRICS_SQL
+    from sealong.store.queries import ADAPTER_METRICS_SQL
 
     db = connect(tmp_path)
 
@@ -146,11 +146,11 @@ def _seed_lineage(db):
 def test_lineage_queries(tmp_path: Path):
     db = connect(tmp_path)
     _seed_lineage(db)
-    assert [r["id"] for r in lineage.parent_chain(db, "a2")] == ["a2", "a1", "a0"]
-    assert lineage.parent_chain(db, "nope") == []
-    metrics = {m["model_key"]: m for m in lineage.adapter_metrics(db)}
+    assert [r["id"] for r in queries.parent_chain(db, "a2")] == ["a2", "a1", "a0"]
+    assert queries.parent_chain(db, "nope") == []
+    metrics = {m["model_key"]: m for m in queries.adapter_metrics(db)}
     assert metrics["a1"]["mean_subem"] == 100.0 and metrics["a0"]["mean_subem"] == 0.0
-    data = lineage.training_data(db, "a2")
+    data = queries.training_data(db, "a2")
     assert [d["question_id"] for d in data] == ["q1"] and data[0]["chosen_score"] == 0.9
 
 

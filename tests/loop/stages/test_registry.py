@@ -41,7 +41,7 @@ def test_each_stages_declared_reads_cover_what_its_sql_reads(spec):
 
 
 def test_the_shared_helpers_read_only_what_the_registry_allows_for():
-    helpers = _source("sealong.loop.stages.base") + _source("sealong.loop.stages.common")
+    helpers = _source("sealong.loop.stages.base") + _source("sealong.loop.stages.policy")
     assert read_tables(helpers) <= HELPERS | BOOKKEEPING
     assert written_tables(helpers) == set()
 

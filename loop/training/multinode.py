@@ -14,7 +14,7 @@ database: only the config's [distributed] layout (which must match the run's) an
 path `policy.model` names on this node (bundled and test models are rebuilt in DIR). A base model that is
 not the same model as rank 0's fails the stage at once, with the reason, on every node.
 
-`python -m sealong.loop.training.worker --config C --scratch DIR` is one such rank; torchrun starts it.
+`python -m sealong.loop.training.multinode --config C --scratch DIR` is one such rank; torchrun starts it.
 """
 
 from __future__ import annotations

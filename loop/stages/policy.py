@@ -1,4 +1,4 @@
-"""Helpers shared by the model-running stages: resolve the base model and verified adapters."""
+"""The policy a stage runs: the base model's directory and the verified adapters it starts from."""
 
 from __future__ import annotations
 
