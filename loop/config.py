@@ -58,17 +58,30 @@ class EmbedderConfig:
     model: str = "bundled:all-minilm-l6-v2"
     batch_size: int = 64
     trust_remote_code: bool = False  # jina-embeddings-v3 (the paper's embedder) needs it
+    # extra keyword arguments for sentence-transformers' encode(), wherever embeddings are made; SEALONG
+    # encodes with jina-embeddings-v3 as encode(texts, task="text-matching", max_length=8192)
+    encode_kwargs: dict = field(default_factory=dict)
+    max_length: int = 0  # tokens an embedded text keeps (the model's max_seq_length); 0 = the model's own
 
 
 @dataclass
 class DataConfig:
-    train_source: Literal["synthetic", "musique"] = "synthetic"
-    train_path: str = ""  # MuSiQue JSONL when train_source = "musique"
+    # "jsonl": your own records (a JSONL or .parquet file); "folder": a folder of documents + questions_path
+    train_source: Literal["synthetic", "musique", "jsonl", "folder"] = "synthetic"
+    train_path: str = ""  # MuSiQue JSONL, your records file, or your documents folder
+    questions_path: str = ""  # train_source = "folder": the questions, one JSON object a line
     train_pool_size: int = 64
     questions_per_round: int = 16
-    eval_source: Literal["synthetic", "longbench"] = "synthetic"
-    # LongBench JSONL files when eval_source = "longbench"
+    eval_source: Literal["synthetic", "longbench", "jsonl"] = "synthetic"
+    # LongBench JSONL files when eval_source = "longbench"; your records, with answers, when "jsonl"
     eval_paths: list[str] = field(default_factory=list)
+    # Your own data's field names; "" looks each up under its common names (README "Your own data")
+    id_field: str = ""
+    question_field: str = ""
+    context_field: str = ""
+    context_file_field: str = ""
+    answers_field: str = ""
+    document_field: str = ""
     eval_questions_per_task: int = 10
     context_tokens_min: int = 400  # target context length, drawn uniformly per question
     context_tokens_max: int = 700
@@ -98,6 +111,31 @@ class ScoreConfig:
     backend: Literal["auto", "torch", "triton"] = "auto"
     # Other utilities scored on the same samples, for the per-round diagnostics only.
     diagnostic_utilities: list[str] = field(default_factory=lambda: ["random", "rouge-l"])
+
+
+# [pairs] selection: how each question's chosen answer is picked; the rejected one is always drawn
+# uniformly from the lower half of the samples by [score] utility (SEALONG's rule). Each MBR arm (and
+# `random`) ranks by one utility, so it and [score] utility name the same thing: set either, the other follows.
+SELECTION_UTILITY: dict[str, str | None] = {
+    "mbr-embedding": "embedding",  # the paper's: consensus by sentence-embedding cosine
+    "mbr-token": "bertscore",  # consensus by BERTScore F1 over token embeddings
+    "mbr-rouge-l": "rouge-l",
+    "random": "random",  # chosen: a uniformly random sample (no selection)
+    "greedy-as-chosen": None,  # chosen: the round's greedy answer; rejected ranked by [score] utility
+}
+UTILITY_SELECTION = {u: s for s, u in SELECTION_UTILITY.items() if u}
+# keyword arguments the score stage sets itself
+_OWN_ENCODE_KWARGS = (
+    "inputs", "sentences", "batch_size", "convert_to_tensor", "convert_to_numpy", "output_value",
+    "show_progress_bar", "device", "pool",
+)  # fmt: skip
+
+
+@dataclass
+class PairsConfig:
+    selection: Literal["mbr-embedding", "mbr-token", "mbr-rouge-l", "random", "greedy-as-chosen"] = (
+        "mbr-embedding"
+    )
 
 
 @dataclass
@@ -205,6 +243,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
@@ -320,12 +359,46 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         "must not include lm_head (fused losses read lm_head.weight)",
     )
     need(len(t.target_modules) > 0, "train", "target_modules", "must name at least one module")
-    need(d.train_pool_size >= 1, "data", "train_pool_size", f"must be >= 1 (got {d.train_pool_size})")
+    sel, arm_utility = cfg.pairs.selection, SELECTION_UTILITY.get(cfg.pairs.selection)
     need(
-        1 <= d.questions_per_round <= d.train_pool_size,
+        arm_utility is None or arm_utility == cfg.score.utility,
+        "pairs",
+        "selection",
+        f"{sel!r} ranks by the {arm_utility!r} utility but [score] utility = {cfg.score.utility!r}; "
+        "set one to match the other, or leave [score] utility out",
+    )
+    need(
+        sel != "greedy-as-chosen" or s.greedy_diagnostics,
+        "pairs",
+        "selection",
+        "'greedy-as-chosen' needs the greedy answers: set [sample] greedy_diagnostics = true",
+    )
+    e = cfg.embedder
+    need(e.max_length >= 0, "embedder", "max_length", f"must be >= 0 (0 = the model's own; got {e.max_length})")
+    own = sorted(set(e.encode_kwargs) & set(_OWN_ENCODE_KWARGS))
+    need(not own, "embedder", "encode_kwargs", f"must not set {', '.join(own)} (the score stage sets it)")
+    odd = sorted(str(k) for k, v in e.encode_kwargs.items() if not isinstance(v, (str, int, float, bool)))
+    need(
+        not odd,
+        "embedder",
+        "encode_kwargs",
+        f"values must be strings, numbers or booleans (not: {', '.join(odd)})",
+    )
+    need(
+        "max_length" not in e.encode_kwargs,
+        "embedder",
+        "encode_kwargs",
+        "max_length is not an encode() argument in sentence-transformers: set [embedder] max_length",
+    )
+    need(d.train_pool_size >= 1, "data", "train_pool_size", f"must be >= 1 (got {d.train_pool_size})")
+    own_data = d.train_source in ("jsonl", "folder")  # the pool is every record: train_pool_size is unused
+    need(
+        1 <= d.questions_per_round <= (10**9 if own_data else d.train_pool_size),
         "data",
         "questions_per_round",
-        f"must be in [1, train_pool_size={d.train_pool_size}] (got {d.questions_per_round})",
+        f"must be in [1, train_pool_size={d.train_pool_size}] (got {d.questions_per_round})"
+        if not own_data
+        else f"must be >= 1 (got {d.questions_per_round})",
     )
     need(
         d.eval_questions_per_task >= 1,
@@ -346,10 +419,22 @@ def _value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         f"must be a non-empty list from 1, 2, 3 (got {d.hops})",
     )
     need(0 <= d.near_miss_rate <= 1, "data", "near_miss_rate", f"must be in [0, 1] (got {d.near_miss_rate})")
-    if d.train_source == "musique":
-        need(bool(d.train_path), "data", "train_path", "is required when train_source = 'musique'")
-    if d.eval_source == "longbench":
-        need(len(d.eval_paths) > 0, "data", "eval_paths", "is required when eval_source = 'longbench'")
+    if d.train_source in ("musique", "jsonl", "folder"):
+        need(bool(d.train_path), "data", "train_path", f"is required when train_source = {d.train_source!r}")
+    if d.train_source == "folder":
+        need(bool(d.questions_path), "data", "questions_path", "is required when train_source = 'folder'")
+    else:
+        need(not d.questions_path, "data", "questions_path", "is read only when train_source = 'folder'")
+    if d.eval_source in ("longbench", "jsonl"):
+        need(len(d.eval_paths) > 0, "data", "eval_paths", f"is required when eval_source = {d.eval_source!r}")
+    for key in ("id", "question", "context", "context_file", "answers", "document"):
+        name = getattr(d, f"{key}_field")
+        need(
+            name == "" or bool(name.strip()),
+            "data",
+            f"{key}_field",
+            'must be a field name, or "" for the common names',
+        )
     need(
         cfg.policy.max_prompt_tokens >= 64,
         "policy",
@@ -524,9 +609,13 @@ def path_problems(cfg: Config) -> list[tuple[str, str, str]]:
         elif not is_builtin_model(spec):
             p += [(section, key, m) for m in model_dir_problems(Path(spec), chat=section == "policy")]
     d = cfg.data
-    if d.train_source == "musique" and d.train_path and not Path(d.train_path).is_file():
+    if d.train_source in ("musique", "jsonl") and d.train_path and not Path(d.train_path).is_file():
         p.append(("data", "train_path", f"file not found: {d.train_path}{unset(d.train_path)}"))
-    if d.eval_source == "longbench":
+    if d.train_source == "folder" and d.train_path and not Path(d.train_path).is_dir():
+        p.append(("data", "train_path", f"folder not found: {d.train_path}{unset(d.train_path)}"))
+    if d.train_source == "folder" and d.questions_path and not Path(d.questions_path).is_file():
+        p.append(("data", "questions_path", f"file not found: {d.questions_path}{unset(d.questions_path)}"))
+    if d.eval_source in ("longbench", "jsonl"):
         p += [
             ("data", "eval_paths", f"file not found: {ep}{unset(ep)}")
             for ep in d.eval_paths
@@ -572,8 +661,15 @@ def _expand_paths(cfg: Config) -> None:
         cfg.policy.model = expand(cfg.policy.model)
     if not is_builtin_model(cfg.embedder.model):
         cfg.embedder.model = expand(cfg.embedder.model)
-    cfg.data.train_path = expand(cfg.data.train_path)
-    cfg.data.eval_paths = [expand(x) for x in cfg.data.eval_paths]
+
+    # Data paths are made absolute (relative ones are from where the config is loaded, the directory
+    # `start` runs in): stage processes run in the workdir and re-read the stored config there.
+    def data(x: str) -> str:
+        return os.path.abspath(expand(x)) if x else x
+
+    cfg.data.train_path = data(cfg.data.train_path)
+    cfg.data.questions_path = data(cfg.data.questions_path)
+    cfg.data.eval_paths = [data(x) for x in cfg.data.eval_paths]
 
 
 def config_from_dict(
@@ -628,6 +724,7 @@ def config_from_dict(
         sections[name] = cls(**kwargs)
     cfg = Config(**sections, source_path=path)
     _expand_paths(cfg)
+    _follow_selection(cfg, raw)
     # A key with a type error kept its default, so its value check would only repeat the problem.
     value_problems = _value_problems(cfg) + (path_problems(cfg) if check_paths else [])
     problems += [
@@ -636,6 +733,20 @@ def config_from_dict(
     if problems:
         raise ConfigError(path, sorted(problems, key=_line_key))
     return cfg
+
+
+def _follow_selection(cfg: Config, raw: dict[str, Any]) -> None:
+    """[pairs] selection and [score] utility: one given, the other follows. A config from before [pairs]
+    (every stored config of an earlier run) gets the MBR arm of its utility, as its pairs were made."""
+    given = {
+        (s, k)
+        for s, k in (("pairs", "selection"), ("score", "utility"))
+        if isinstance(raw.get(s), dict) and k in raw[s]
+    }
+    if ("pairs", "selection") not in given:
+        cfg.pairs.selection = UTILITY_SELECTION.get(cfg.score.utility, cfg.pairs.selection)  # type: ignore[assignment]
+    elif ("score", "utility") not in given and SELECTION_UTILITY.get(cfg.pairs.selection):
+        cfg.score.utility = SELECTION_UTILITY[cfg.pairs.selection]  # type: ignore[assignment]
 
 
 def _line_key(problem: str) -> tuple[int, int]:

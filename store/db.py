@@ -192,6 +192,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX evals_model_task ON evals(model_key, task, subem, n_tokens);
         """,
     ),
+    (
+        "0006_pairs_selection",
+        """
+        -- the selection arm that made each pair ([pairs] selection), and a chosen answer that may be the
+        -- round's greedy answer (selection = 'greedy-as-chosen') instead of a sample: SQLite cannot drop
+        -- NOT NULL, so the table is rebuilt; pairs from before are the MBR arm of their run's utility
+        CREATE TABLE pairs_v6 (
+            id INTEGER PRIMARY KEY,
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            question_id TEXT NOT NULL REFERENCES questions(id),
+            chosen_sample_id INTEGER REFERENCES samples(id),
+            rejected_sample_id INTEGER NOT NULL REFERENCES samples(id),
+            chosen_greedy_id INTEGER REFERENCES greedy(id),
+            selection TEXT,                               -- NULL: a pair from before this column
+            UNIQUE (round_id, question_id),
+            CHECK ((chosen_sample_id IS NULL) <> (chosen_greedy_id IS NULL))
+        );
+        INSERT INTO pairs_v6 (id, round_id, question_id, chosen_sample_id, rejected_sample_id)
+            SELECT id, round_id, question_id, chosen_sample_id, rejected_sample_id FROM pairs;
+        DROP TABLE pairs;
+        ALTER TABLE pairs_v6 RENAME TO pairs;
+        """,
+    ),
+    (
+        "0007_question_meta",
+        """
+        -- your own data (train_source = 'jsonl' / 'folder'): the record's file, line, and every field that
+        -- is not its id, question, context or answers, as a JSON object; '{}' for the built-in sources
+        ALTER TABLE questions ADD COLUMN meta_json TEXT NOT NULL DEFAULT '{}';
+        """,
+    ),
 ]
 
 

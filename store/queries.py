@@ -32,13 +32,13 @@ GROUP BY p.model_key ORDER BY COALESCE(a.created_at, 0)
 
 TRAINING_DATA_SQL = """
 SELECT a.id AS adapter_id, r.idx AS round_idx, p.id AS pair_id, p.question_id,
-       q.question, cs.id AS chosen_sample_id, cs.mbr_score AS chosen_score,
+       q.question, p.selection, cs.id AS chosen_sample_id, p.chosen_greedy_id, cs.mbr_score AS chosen_score,
        rs.id AS rejected_sample_id, rs.mbr_score AS rejected_score
 FROM adapters a
 JOIN rounds r ON r.id = a.round_id
 JOIN pairs p ON p.round_id = a.round_id
 JOIN questions q ON q.id = p.question_id
-JOIN samples cs ON cs.id = p.chosen_sample_id
+LEFT JOIN samples cs ON cs.id = p.chosen_sample_id
 JOIN samples rs ON rs.id = p.rejected_sample_id
 WHERE a.id = :adapter ORDER BY p.id
 """

@@ -250,6 +250,9 @@ def load_tokenizer(base_dir: Path, trust_remote_code: bool = False):
         raise SealongError(
             f"the tokenizer in {base_dir} has no chat template; sealong-loop needs a chat model"
         )
+    from sealong.loop.backends.eos import attach
+
+    attach(tok, base_dir)  # end-of-turn and stop ids from the model (its generation config, its template)
     return tok
 
 

@@ -29,12 +29,10 @@ def _decode(tokenizer, rows: torch.Tensor) -> list[Completion]:
 
 
 def stop_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-            ids.add(tid)
-    return [i for i in ids if i is not None]
+    """The model's own stop ids (generation_config eos_token_id, EOS, the chat template's end-of-turn)."""
+    from sealong.loop.backends.eos import stop_ids as model_stop_ids
+
+    return model_stop_ids(tokenizer)
 
 
 def _cache_kwarg(model) -> str:

@@ -28,8 +28,9 @@ from sealong.store.db import has_schema, one, rows
 from sealong.store.queries import adapter_metrics, parent_chain
 
 PAIR_TEXTS_SQL = """
-SELECT p.id AS pair_id, p.question_id, cs.text AS chosen, rs.text AS rejected
-FROM pairs p JOIN samples cs ON cs.id = p.chosen_sample_id JOIN samples rs ON rs.id = p.rejected_sample_id
+SELECT p.id AS pair_id, p.question_id, COALESCE(cs.text, cg.text) AS chosen, rs.text AS rejected
+FROM pairs p LEFT JOIN samples cs ON cs.id = p.chosen_sample_id LEFT JOIN greedy cg ON cg.id = p.chosen_greedy_id
+JOIN samples rs ON rs.id = p.rejected_sample_id
 WHERE p.round_id = ? ORDER BY p.id
 """
 
@@ -137,7 +138,8 @@ def adapter_details(db: sqlite_utils.Database, workdir: Path, name: str) -> dict
     pairs_stage = one(
         db, "SELECT output_json FROM stages WHERE round_id = ? AND name = 'pairs'", (a["round_id"],)
     )
-    skipped = json.loads((pairs_stage or {}).get("output_json") or "{}").get("skipped", {})
+    pairs_out = json.loads((pairs_stage or {}).get("output_json") or "{}")
+    skipped = pairs_out.get("skipped", {})
     chain = parent_chain(db, a["id"])
     problem = weights_problem(workdir, a)
     return {
@@ -157,6 +159,7 @@ def adapter_details(db: sqlite_utils.Database, workdir: Path, name: str) -> dict
         "data": {
             "round": rnd["idx"],
             "pairs": len(pairs),
+            "selection": pairs_out.get("selection") or _selection_of(config),
             "skipped": skipped,
             "question_ids": [p["question_id"] for p in pairs],
             "sha256": pairs_digest(pairs),
@@ -164,6 +167,16 @@ def adapter_details(db: sqlite_utils.Database, workdir: Path, name: str) -> dict
         "metrics": _metrics(db).get(a["id"]),
         "decision": json.loads(rnd["decision_json"] or "null"),
     }
+
+
+def _selection_of(config: dict[str, Any]) -> str:
+    """The [pairs] selection arm of a stored config; a run from before [pairs] made MBR pairs by its utility."""
+    from sealong.loop.config import UTILITY_SELECTION
+
+    if "selection" in config.get("pairs", {}):
+        return config["pairs"]["selection"]
+    utility = config.get("score", {}).get("utility", "embedding")
+    return UTILITY_SELECTION.get(utility, f"mbr-{utility}")
 
 
 def render_details(d: dict[str, Any]) -> Group:
@@ -204,8 +217,8 @@ def render_details(d: dict[str, Any]) -> Group:
     skipped = sum(data["skipped"].values())
     row(
         "training data",
-        f"round {data['round']}: {data['pairs']} pairs from {len(set(data['question_ids']))} "
-        f"questions ({skipped} skipped), data sha256 {data['sha256']}\n"
+        f"round {data['round']}: {data['pairs']} pairs ({data.get('selection', '?')}) from "
+        f"{len(set(data['question_ids']))} questions ({skipped} skipped), data sha256 {data['sha256']}\n"
         f"questions: {', '.join(data['question_ids'])}",
     )
     m = d["metrics"]

@@ -77,7 +77,7 @@ def collect(db: sqlite_utils.Database) -> dict[str, Any]:
                 "chosen_rejected": rows(
                     db,
                     "SELECT cs.mbr_score AS chosen, rs.mbr_score AS rejected FROM pairs p "
-                    "JOIN samples cs ON cs.id = p.chosen_sample_id "
+                    "LEFT JOIN samples cs ON cs.id = p.chosen_sample_id "
                     "JOIN samples rs ON rs.id = p.rejected_sample_id WHERE p.round_id = ?",
                     (r["id"],),
                 ),
@@ -292,7 +292,9 @@ def plot_mbr(data: dict[str, Any], axes) -> None:
         xs = [r["idx"] for r in scored]
         ax_scores.boxplot([r["mbr_scores"] for r in scored], positions=xs, widths=0.5, showfliers=True)
         for key, marker, color in (("chosen", "^", "tab:green"), ("rejected", "v", "tab:red")):
-            pts = [(r["idx"], p[key]) for r in scored for p in r["chosen_rejected"]]
+            pts = [  # a greedy chosen answer ([pairs] selection) has no MBR score
+                (r["idx"], p[key]) for r in scored for p in r["chosen_rejected"] if p[key] is not None
+            ]
             if pts:
                 ax_scores.scatter(
                     *zip(*pts), marker=marker, color=color, s=25, zorder=3, label=key, alpha=0.7

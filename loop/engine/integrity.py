@@ -129,8 +129,9 @@ def _round(db, wd: Path, rnd: dict, n: int, n_eval: int, cfg: dict) -> list[str]
     # pairs: only with pairs done; each from one question's own samples
     pairs = rows(
         db,
-        "SELECT p.*, c.question_id AS cq, c.round_id AS cr, r.question_id AS rq, r.round_id AS rr "
-        "FROM pairs p JOIN samples c ON c.id = p.chosen_sample_id JOIN samples r ON r.id = p.rejected_sample_id "
+        "SELECT p.*, COALESCE(c.question_id, g.question_id) AS cq, COALESCE(c.round_id, g.round_id) AS cr, "
+        "r.question_id AS rq, r.round_id AS rr FROM pairs p LEFT JOIN samples c ON c.id = p.chosen_sample_id "
+        "LEFT JOIN greedy g ON g.id = p.chosen_greedy_id JOIN samples r ON r.id = p.rejected_sample_id "
         "WHERE p.round_id = ?",
         (rid,),
     )

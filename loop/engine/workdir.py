@@ -96,12 +96,20 @@ def questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
             d.context_tokens_max,
             d.near_miss_rate,
         )
-    else:
+    elif d.train_source == "musique":
         from sealong.loop.tasks.musique import build_musique_pool
 
         train = build_musique_pool(
             d.train_path, d.train_pool_size, d.context_tokens_min, d.context_tokens_max, cfg.run.seed
         )
+    else:
+        from sealong.loop.tasks.userdata import FieldMap, load_folder, load_records
+
+        fields = FieldMap.from_config(d)
+        if d.train_source == "jsonl":
+            train = load_records(d.train_path, fields, "train")
+        else:
+            train = load_folder(d.train_path, d.questions_path, fields)
     if d.eval_source == "synthetic":
         per_task = d.eval_questions_per_task
         evals = synthetic.generate(
@@ -115,10 +123,14 @@ def questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
         )
     else:
         from sealong.loop.tasks.longbench import load_longbench
+        from sealong.loop.tasks.userdata import FieldMap, load_records
 
         evals = []
         for path in d.eval_paths:
-            loaded = load_longbench(path, limit=d.eval_questions_per_task)
+            if d.eval_source == "jsonl":
+                loaded = load_records(path, FieldMap.from_config(d), "eval", limit=d.eval_questions_per_task)
+            else:
+                loaded = load_longbench(path, limit=d.eval_questions_per_task)
             if not loaded:
                 raise DataError(path, None, None, "no records (an eval file needs at least one question)")
             evals += [(path, r) for r in loaded]
@@ -126,7 +138,11 @@ def questions_for(cfg: Config) -> list[tuple[str, QuestionRecord]]:
         for path, r in evals:
             if r.id in seen:
                 raise DataError(
-                    path, None, "id", f"duplicate id {r.id!r}: {seen[r.id]} has it too (same dataset and _id)"
+                    path,
+                    None,
+                    "id",
+                    f"duplicate id {r.id!r}: {seen[r.id]} has it too"
+                    + (" (same dataset and _id)" if d.eval_source == "longbench" else ""),
                 )
             seen[r.id] = path
         evals = [r for _, r in evals]
@@ -186,8 +202,8 @@ def ensure_run(
         for split, q in questions:
             counters[split] = counters.get(split, -1) + 1
             db.execute(
-                "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, pool_index) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, "
+                "pool_index, meta_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     q.id,
                     split,
@@ -198,16 +214,31 @@ def ensure_run(
                     json.dumps(q.answers),
                     q.n_tokens,
                     counters[split],
+                    json.dumps(q.meta, ensure_ascii=False),
                 ),
             )
         log_event(
             db,
             f"run created: {counters.get('train', -1) + 1} training questions, "
-            f"{counters.get('eval', -1) + 1} eval questions",
+            f"{counters.get('eval', -1) + 1} eval questions" + _cut_note(cfg, questions),
             run_id=run_id,
         )
     atomic_write_text(workdir / "config.toml", dump_config_toml(cfg))
     return run_id
+
+
+def _cut_note(cfg: Config, questions: list[tuple[str, QuestionRecord]]) -> str:
+    """How many contexts are longer than the prompt budget (≈ tokens; they are cut in the middle)."""
+    budget = cfg.policy.max_prompt_tokens
+    cut = {
+        s: sum(1 for split, q in questions if split == s and q.n_tokens > budget) for s in ("train", "eval")
+    }
+    if not any(cut.values()):
+        return ""
+    return (
+        f"; {cut['train']} training and {cut['eval']} eval context(s) are longer than "
+        f"policy.max_prompt_tokens = {budget} (about; whitespace words × 1.3) and will be cut in the middle"
+    )
 
 
 def load_stored_config(db: sqlite_utils.Database, workdir: Path) -> Config:

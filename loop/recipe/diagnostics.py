@@ -18,7 +18,8 @@ class QuestionSamples:
     samples: list[str]  # in sample_idx order; samples[0] serves as "one random sample" (draws are iid)
     scores: dict[str, list[float]] = field(default_factory=dict)  # utility -> one score per sample
     greedy: str | None = None
-    pair: tuple[int, int] | None = None  # (chosen idx, rejected idx) when the question made a pair
+    # (chosen idx, rejected idx) when the question made a pair; chosen idx None: the greedy answer
+    pair: tuple[int | None, int] | None = None
 
 
 def _pct(values: list[float]) -> float:
@@ -53,7 +54,11 @@ def compute(questions: list[QuestionSamples]) -> list[dict]:
                 picked.append(r[best])
         if picked:
             out.append({"utility": utility, "metric": "mbr", "value": _pct(picked), "n": len(picked)})
-    paired = [(r[q.pair[0]], r[q.pair[1]]) for q, r in zip(qs, right) if q.pair is not None]
+    paired = [
+        (r[q.pair[0]] if q.pair[0] is not None else subem(q.greedy or "", q.answers), r[q.pair[1]])
+        for q, r in zip(qs, right)
+        if q.pair is not None
+    ]
     if paired:
         out.append(
             {"utility": "-", "metric": "chosen", "value": _pct([c for c, _ in paired]), "n": len(paired)}

@@ -84,7 +84,7 @@ def evaluate_questions(
                         q["task"],
                         o.text,
                         o.n_tokens,
-                        subem(o.text, json.loads(q["answers_json"])),
+                        subem(o.text, json.loads(q["answers_json"]), q["task"]),
                         len(p.input_ids),
                         int(p.truncated),
                     )

@@ -41,7 +41,7 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     _stage(
         "train",
-        reads={"questions", "samples", "pairs", "adapters"},
+        reads={"questions", "samples", "greedy", "pairs", "adapters"},
         writes={"train_steps", "adapters"},
     ),
     _stage("eval", reads={"questions", "evals", "adapters"}, writes={"evals"}),

@@ -91,12 +91,14 @@ def _work_left(ctx: StageContext, questions: list[dict]) -> bool:
 
 
 def _greedy_todo(ctx: StageContext, questions: list[dict]) -> list[dict]:
-    """Those of these questions (with a reference answer) that lack this round's greedy answer."""
+    """Those of these questions that lack this round's greedy answer: those with a reference answer (for
+    the diagnostics), or every one when the greedy answer is the chosen one ([pairs] selection)."""
     have = {
         r["question_id"]
         for r in rows(ctx.db, "SELECT question_id FROM greedy WHERE round_id = ?", (ctx.round_id,))
     }
-    return [q for q in questions if q["id"] not in have and q["answers_json"] != "[]"]
+    every = ctx.cfg.pairs.selection == "greedy-as-chosen"
+    return [q for q in questions if q["id"] not in have and (every or q["answers_json"] != "[]")]
 
 
 def _tokens(ctx: StageContext) -> int:
@@ -117,7 +119,8 @@ def _poll(ctx: StageContext, questions: list[dict], tokens0: int, t0: float) -> 
     note = f"{rate:.1f} tok/s · {ctx.cfg.sample.replicas} replicas"
     if done == len(questions) and ctx.cfg.sample.greedy_diagnostics:
         greedy = one(ctx.db, "SELECT COUNT(*) AS k FROM greedy WHERE round_id = ?", (ctx.round_id,))["k"]
-        want = sum(q["answers_json"] != "[]" for q in questions)
+        every = ctx.cfg.pairs.selection == "greedy-as-chosen"
+        want = sum(every or q["answers_json"] != "[]" for q in questions)
         ctx.progress(greedy, want, "greedy", f"diagnostics · {ctx.cfg.sample.replicas} replicas", True, False)
     else:
         ctx.progress(done, len(questions), "questions", note, force=True, fault_point=False)

@@ -30,30 +30,47 @@ class Scorer:
         seed: int,
         trust_remote_code: bool = False,
         device: str = "auto",
+        encode_kwargs: dict | None = None,
+        max_length: int = 0,
     ):
         self.spec, self.batch_size, self.backend, self.seed = embedder_spec, batch_size, backend, seed
         self.trust_remote_code, self.device = trust_remote_code, device
+        # [embedder] encode_kwargs / max_length: e.g. jina-embeddings-v3's task="text-matching", 8192 tokens
+        self.encode_kwargs, self.max_length = dict(encode_kwargs or {}), max_length
         self._embedder = None
 
     @property
     def embedder(self):
         if self._embedder is None:
             self._embedder = load_embedder(self.spec, self.trust_remote_code, self.device)
+            if self.max_length:
+                self._embedder.max_seq_length = self.max_length
         return self._embedder
+
+    def encode(self, texts: list[str], **kwargs):
+        """The embedder's encode() with the configured keyword arguments."""
+        try:
+            return self.embedder.encode(texts, **kwargs, **self.encode_kwargs)
+        except (TypeError, ValueError) as e:
+            if self.encode_kwargs and "keyword argument" in str(e):
+                raise SealongError(
+                    f"[embedder] encode_kwargs {self.encode_kwargs} are not accepted by {self.spec}: {e}"
+                ) from e
+            raise
 
     def scores(self, utility: str, texts_by_q: list[list[str]]) -> list[float]:
         counts = [len(t) for t in texts_by_q]
         flat = [t for ts in texts_by_q for t in ts]
         if utility == "embedding":
             # Embeddings stay where the embedder made them: on a GPU the fused Triton kernel scores them.
-            emb = self.embedder.encode(flat, batch_size=self.batch_size, convert_to_tensor=True).to(
+            emb = self.encode(flat, batch_size=self.batch_size, convert_to_tensor=True).to(
                 torch.float32
             )
             return [float(x) for x in mbr.mbr_scores(emb, counts, backend=self.backend).tolist()]
         if utility == "bertscore":
             out, device = [], self.embedder.device
             for ts in texts_by_q:
-                tok_emb = self.embedder.encode(ts, output_value="token_embeddings", convert_to_tensor=False)
+                tok_emb = self.encode(ts, output_value="token_embeddings", convert_to_tensor=False)
                 width = max(t.shape[0] for t in tok_emb)
                 padded = torch.zeros(len(ts), width, tok_emb[0].shape[1], device=device)
                 mask = torch.zeros(len(ts), width, dtype=torch.bool, device=device)
@@ -88,6 +105,8 @@ def run(ctx: StageContext) -> None:
         cfg.run.seed * 7919 + ctx.round_idx,
         cfg.embedder.trust_remote_code,
         cfg.policy.device,
+        cfg.embedder.encode_kwargs,
+        cfg.embedder.max_length,
     )
     utilities = [cfg.score.utility] + [u for u in cfg.score.diagnostic_utilities if u != cfg.score.utility]
     by_utility, skipped = {}, []

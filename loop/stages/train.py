@@ -32,9 +32,10 @@ from sealong.store.artifacts import VerifiedAdapter, atomic_dir, remove_stale_te
 from sealong.store.db import Transaction, dumps, one, rows
 
 PAIRS_SQL = """
-SELECT p.question_id, q.context, q.question, cs.text AS chosen, rs.text AS rejected
+SELECT p.question_id, q.context, q.question, COALESCE(cs.text, cg.text) AS chosen, rs.text AS rejected
 FROM pairs p JOIN questions q ON q.id = p.question_id
-JOIN samples cs ON cs.id = p.chosen_sample_id JOIN samples rs ON rs.id = p.rejected_sample_id
+LEFT JOIN samples cs ON cs.id = p.chosen_sample_id LEFT JOIN greedy cg ON cg.id = p.chosen_greedy_id
+JOIN samples rs ON rs.id = p.rejected_sample_id
 WHERE p.round_id = ? ORDER BY p.id
 """
 

@@ -1,8 +1,11 @@
 """MuSiQue JSONL → training pool, the paper's construction.
 
-Each answerable item keeps its supporting paragraphs; unrelated paragraphs drawn from *other* items are
-shuffled in until the context reaches a random target length in [min_tokens, max_tokens]. Gold answers
-(answer + aliases) are kept for diagnostics only; training never reads them.
+As SEALONG's process_data.py builds it: each answerable item keeps its supporting paragraphs and its own
+distractor paragraphs (deduplicated by title: a distractor whose title is already in the context is left
+out; a supporting paragraph never is), then paragraphs drawn from *other* items, also deduplicated by
+title, are added until the context reaches a random target length in [min_tokens, max_tokens]; the
+passages are shuffled. Gold answers (answer + aliases) are kept for diagnostics only; training never
+reads them.
 """
 
 from __future__ import annotations
@@ -67,7 +70,16 @@ def build_musique_pool(
     pool = []
     for item_id, question, answers, paras, _ in answerable[:n]:
         target = rng.randint(min_tokens, max_tokens)
-        docs = [f"{para['title']}\n{para['paragraph_text']}" for para in paras if para.get("is_supporting")]
+        docs, titles = [], set()
+        for para in paras:  # supporting paragraphs: every distinct one, whatever its title
+            doc = f"{para['title']}\n{para['paragraph_text']}"
+            if para.get("is_supporting") and doc not in docs:
+                docs.append(doc)
+                titles.add(para["title"].strip())
+        for para in paras:  # the item's own distractors
+            if not para.get("is_supporting") and para["title"].strip() not in titles:
+                docs.append(f"{para['title']}\n{para['paragraph_text']}")
+                titles.add(para["title"].strip())
         tokens = sum(approx_tokens(d) for d in docs)
         order = list(range(len(filler)))
         rng.shuffle(order)
@@ -75,10 +87,11 @@ def build_musique_pool(
             other_id, para = filler[k]
             if tokens >= target:
                 break
-            if other_id == item_id:
+            if other_id == item_id or para["title"].strip() in titles:
                 continue
             doc = f"{para['title']}\n{para['paragraph_text']}"
             docs.append(doc)
+            titles.add(para["title"].strip())
             tokens += approx_tokens(doc)
         rng.shuffle(docs)
         context = "\n\n".join(f"Passage {i + 1}:\n{d}" for i, d in enumerate(docs))

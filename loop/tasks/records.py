@@ -24,6 +24,7 @@ class QuestionRecord:
     source: str = "synthetic"
     task: str = "synthetic"
     n_tokens: int = 0  # approximate context tokens (whitespace words × 1.3); the sampler records exact ones
+    meta: dict[str, Any] = field(default_factory=dict)  # your own data: file, line, its other fields
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -34,7 +35,11 @@ def approx_tokens(text: str) -> int:
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; raise DataError on the first bad line."""
+    """Yield (line number, object) for each non-blank line; raise DataError on the first bad line.
+
+    Files as editors and spreadsheets write them are read: a UTF-8 byte-order mark on the first line and
+    CRLF line ends. A last line with no line end that is not valid JSON is reported as an unfinished
+    record (a file still being written), never parsed as half a record."""
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), None, None, "file not found")
@@ -42,6 +47,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         lineno = 0
         while raw := f.readline(MAX_LINE_BYTES + 1):
             lineno += 1
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             if len(raw) > MAX_LINE_BYTES:
                 raise DataError(
                     str(path),
@@ -59,6 +66,14 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
+                if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES:
+                    raise DataError(
+                        str(path),
+                        lineno,
+                        None,
+                        "unfinished record: the last line has no line end and is not valid JSON "
+                        "(is the file still being written?)",
+                    ) from None
                 raise DataError(
                     str(path), lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"
                 ) from None
@@ -112,3 +127,22 @@ def check_unique_ids(records: list[QuestionRecord], path: str, lines: list[int])
         if rec.id in seen:
             raise DataError(path, lineno, "id", f"duplicate id {rec.id!r} (first on line {seen[rec.id]})")
         seen[rec.id] = lineno
+
+
+def read_text_file(path: str | Path, where: str, lineno: int | None, key: str | None) -> str:
+    """A text or Markdown document as UTF-8, with a byte-order mark dropped and CRLF/CR ends made LF.
+    Errors name the record (`where`:`lineno` field `key`) that points at the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(where, lineno, key, f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(where, lineno, key, f"is a directory, not a text file: {path}") from None
+    except OSError as e:
+        raise DataError(where, lineno, key, f"cannot read {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(where, lineno, key, f"{path} is not valid UTF-8 (byte {e.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")

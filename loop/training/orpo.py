@@ -53,8 +53,9 @@ def encode_response(
     tokenizer, prompt_ids: list[int], response: str, max_length: int
 ) -> tuple[list[int], list[int]]:
     """prompt + response + end-of-turn; labels mask the prompt. Overlong examples lose prompt tokens from the left."""
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    end = end if isinstance(end, int) and end != tokenizer.unk_token_id else tokenizer.eos_token_id
+    from sealong.loop.backends.eos import response_end_id
+
+    end = response_end_id(tokenizer)  # the chat template's end-of-turn token, else EOS
     resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [end]
     resp = resp[: max_length // 2]
     prompt = prompt_ids[-(max_length - len(resp)) :]

@@ -117,7 +117,7 @@ def test_musique_builder_paper_construction(tmp_path: Path):
     for r in pool:
         i = r.id.removeprefix("musique-m")
         assert f"Support {i}" in r.context  # supporting paragraph kept
-        assert f"Other {i}\n" not in r.context  # its own non-supporting paragraphs are not the filler
+        assert f"Other {i}\n" in r.context  # and its own distractors, as SEALONG's process_data.py
         assert r.n_tokens >= 300 and r.answers == [f"Answer{i}", f"A{i}"]
     assert pool == build_musique_pool(path, n=10, min_tokens=300, max_tokens=400, seed=0)
 
