@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 from sealong.loop.commands import common
-from sealong.loop.config import DEFAULT_CONFIG, Config, load_config, path_problems
+from sealong.loop.config import DEFAULT_CONFIG, Config, load_config
+from sealong.loop.config_checks import path_problems
 from sealong.loop.errors import EXIT_CHECK_FAILED
 
 

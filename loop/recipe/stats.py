@@ -54,9 +54,11 @@ class PairedDifference:
 def _tasks(scores: Scores) -> dict[str, list[float]]:
     if isinstance(scores, str) or not isinstance(scores, (Mapping, Sequence)):
         raise TypeError(f"scores must be a list of numbers or task -> list, not {type(scores).__name__}")
-    out = {k: [float(x) for x in v] for k, v in scores.items()} if isinstance(scores, Mapping) else {
-        "-": [float(x) for x in scores]
-    }
+    out = (
+        {k: [float(x) for x in v] for k, v in scores.items()}
+        if isinstance(scores, Mapping)
+        else {"-": [float(x) for x in scores]}
+    )
     if not out or any(not v for v in out.values()):
         raise ValueError("every task needs at least one scored question")
     return out

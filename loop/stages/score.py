@@ -63,9 +63,7 @@ class Scorer:
         flat = [t for ts in texts_by_q for t in ts]
         if utility == "embedding":
             # Embeddings stay where the embedder made them: on a GPU the fused Triton kernel scores them.
-            emb = self.encode(flat, batch_size=self.batch_size, convert_to_tensor=True).to(
-                torch.float32
-            )
+            emb = self.encode(flat, batch_size=self.batch_size, convert_to_tensor=True).to(torch.float32)
             return [float(x) for x in mbr.mbr_scores(emb, counts, backend=self.backend).tolist()]
         if utility == "bertscore":
             out, device = [], self.embedder.device

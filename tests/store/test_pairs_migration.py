@@ -29,14 +29,23 @@ def test_old_pairs_survive_and_greedy_chosen_pairs_fit(tmp_path: Path, monkeypat
     monkeypatch.setattr(db_module, "MIGRATIONS", before)
     db = connect(tmp_path)
     _fill(db)
-    db.conn.execute("INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id) VALUES (1, 'q', 1, 2)")
+    db.conn.execute(
+        "INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id) VALUES (1, 'q', 1, 2)"
+    )
     db.conn.commit()
     monkeypatch.setattr(db_module, "MIGRATIONS", MIGRATIONS)
     assert migrate(db) == [m[0] for m in MIGRATIONS if m[0] >= "0006"]
     (p,) = rows(db, "SELECT * FROM pairs")
-    assert (p["chosen_sample_id"], p["rejected_sample_id"], p["chosen_greedy_id"], p["selection"]) == (1, 2, None, None)
+    assert (p["chosen_sample_id"], p["rejected_sample_id"], p["chosen_greedy_id"], p["selection"]) == (
+        1,
+        2,
+        None,
+        None,
+    )
     db.conn.execute("DELETE FROM pairs")
-    db.conn.execute("INSERT INTO greedy (id, round_id, question_id, text, n_tokens) VALUES (7, 1, 'q', 'g', 1)")
+    db.conn.execute(
+        "INSERT INTO greedy (id, round_id, question_id, text, n_tokens) VALUES (7, 1, 'q', 'g', 1)"
+    )
     db.conn.execute(
         "INSERT INTO pairs (round_id, question_id, chosen_sample_id, rejected_sample_id, chosen_greedy_id, selection) "
         "VALUES (1, 'q', NULL, 2, 7, 'greedy-as-chosen')"
@@ -46,6 +55,4 @@ def test_old_pairs_survive_and_greedy_chosen_pairs_fit(tmp_path: Path, monkeypat
     (t,) = rows(db, PAIRS_SQL, (1,))
     assert (t["chosen"], t["rejected"]) == ("g", "s2")
     with pytest.raises(sqlite3.IntegrityError):  # exactly one chosen answer
-        db.conn.execute(
-            "UPDATE pairs SET chosen_sample_id = 1 WHERE chosen_greedy_id = 7"
-        )
+        db.conn.execute("UPDATE pairs SET chosen_sample_id = 1 WHERE chosen_greedy_id = 7")

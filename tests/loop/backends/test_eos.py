@@ -39,7 +39,9 @@ def _tokenizer(family: str, tmp_path: Path, generation_eos=None):
     d.mkdir()
     if generation_eos is not None:
         ids = [tok.convert_tokens_to_ids(t) for t in generation_eos]
-        (d / "generation_config.json").write_text(json.dumps({"eos_token_id": ids if len(ids) > 1 else ids[0]}))
+        (d / "generation_config.json").write_text(
+            json.dumps({"eos_token_id": ids if len(ids) > 1 else ids[0]})
+        )
     eos.attach(tok, d)
     return tok
 

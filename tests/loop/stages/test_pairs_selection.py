@@ -44,7 +44,9 @@ def test_greedy_as_chosen():
     assert seen == {"a", "d", "f"}  # SEALONG's rejected rule, by [score] utility
     # a lower-half sample that repeats the greedy answer is never its rejected answer
     s = _samples([("x", 0.9), ("y", 0.8), ("g", 0.2), ("z", 0.1)])
-    assert {choose_greedy_pair(s, {"id": 1, "text": "g"}, random.Random(k))[1]["text"] for k in range(50)} == {"z"}
+    assert {
+        choose_greedy_pair(s, {"id": 1, "text": "g"}, random.Random(k))[1]["text"] for k in range(50)
+    } == {"z"}
     assert choose_greedy_pair(s, None, random.Random(0)) == "no greedy answer"
     assert choose_greedy_pair(s, {"id": 1, "text": "  "}, random.Random(0)) == "greedy answer empty"
     only = _samples([("x", 0.9), ("g", 0.1)])
@@ -62,7 +64,9 @@ def test_selection_and_utility_follow_each_other():
     with pytest.raises(ConfigError, match=r"\[pairs\] selection: 'random' ranks by the 'random' utility"):
         config_from_dict({"pairs": {"selection": "random"}, "score": {"utility": "embedding"}})
     with pytest.raises(ConfigError, match="greedy_diagnostics = true"):
-        config_from_dict({"pairs": {"selection": "greedy-as-chosen"}, "sample": {"greedy_diagnostics": False}})
+        config_from_dict(
+            {"pairs": {"selection": "greedy-as-chosen"}, "sample": {"greedy_diagnostics": False}}
+        )
     with pytest.raises(ConfigError, match="must be one of"):
         config_from_dict({"pairs": {"selection": "self-eval"}})
 

@@ -9,7 +9,11 @@ from sealong.loop.tasks.musique import build_musique_pool
 
 def _item(i: int, shared_title: str) -> dict:
     paras = [
-        {"title": f"Support {i}", "paragraph_text": f"Answer{i} answers question {i}. " * 3, "is_supporting": True},
+        {
+            "title": f"Support {i}",
+            "paragraph_text": f"Answer{i} answers question {i}. " * 3,
+            "is_supporting": True,
+        },
         {"title": f"Own {i}a", "paragraph_text": f"Own distractor {i}a. " * 8, "is_supporting": False},
         {"title": f"Own {i}a", "paragraph_text": f"Same title, other text {i}. " * 8, "is_supporting": False},
         {"title": f"Own {i}b", "paragraph_text": f"Own distractor {i}b. " * 8, "is_supporting": False},

@@ -245,7 +245,7 @@ def test_a_file_changed_after_the_run_began_loses_or_redoes_nothing(tmp_path: Pa
 
 
 def test_missing_own_data_paths_are_config_problems(tmp_path: Path):
-    from sealong.loop.config import path_problems
+    from sealong.loop.config_checks import path_problems
 
     cfg = _cfg(
         train_source="folder",
