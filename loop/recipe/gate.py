@@ -44,17 +44,10 @@ def paired_bootstrap(
     cand: dict[str, list[float]], champ: dict[str, list[float]], samples: int, seed: int
 ) -> list[float]:
     """Gains (points) over `samples` stratified bootstrap resamples of the questions."""
-    rng = random.Random(seed)
-    tasks = sorted(cand)
-    diffs = {t: [c - h for c, h in zip(cand[t], champ[t])] for t in tasks}
-    gains = []
-    for _ in range(samples):
-        total = 0.0
-        for t in tasks:
-            d = diffs[t]
-            total += sum(d[rng.randrange(len(d))] for _ in range(len(d))) / len(d)
-        gains.append(100.0 * total / len(tasks))
-    return gains
+    from sealong.loop.recipe.stats import bootstrap_means
+
+    diffs = {t: [c - h for c, h in zip(cand[t], champ[t])] for t in cand}
+    return bootstrap_means(diffs, samples, random.Random(seed))
 
 
 def mcnemar_p(b: int, c: int) -> float:

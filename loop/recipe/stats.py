@@ -77,7 +77,9 @@ def _percentiles(values: list[float], confidence: float) -> tuple[float, float]:
     return v[int(alpha * (len(v) - 1))], v[int((1 - alpha) * (len(v) - 1))]
 
 
-def _bootstrap(tasks: dict[str, list[float]], samples: int, rng: random.Random) -> list[float]:
+def bootstrap_means(tasks: dict[str, list[float]], samples: int, rng: random.Random) -> list[float]:
+    """Mean over tasks (in points) of `samples` stratified bootstrap resamples: each task's values are
+    resampled within the task. Also the promotion gate's (recipe/gate.py), on per-question differences."""
     names = sorted(tasks)
     out = []
     for _ in range(samples):
@@ -92,7 +94,7 @@ def _bootstrap(tasks: dict[str, list[float]], samples: int, rng: random.Random) 
 def arm_summary(scores: Scores, samples: int = 10_000, seed: int = 0, confidence: float = 0.95) -> ArmSummary:
     """One arm's SubEM (points) with its bootstrap CI."""
     tasks = _tasks(scores)
-    low, high = _percentiles(_bootstrap(tasks, samples, random.Random(seed)), confidence)
+    low, high = _percentiles(bootstrap_means(tasks, samples, random.Random(seed)), confidence)
     return ArmSummary(_stat(tasks), low, high, confidence, sum(len(v) for v in tasks.values()))
 
 
@@ -111,7 +113,7 @@ def paired_difference(
     d = {t: [x - y for x, y in zip(ta[t], tb[t])] for t in ta}
     observed = _stat(d)
     rng = random.Random(seed)
-    low, high = _percentiles(_bootstrap(d, samples, rng), confidence)
+    low, high = _percentiles(bootstrap_means(d, samples, rng), confidence)
     # Sign flips: question i's difference enters the statistic with weight 100 / (n_tasks * len(task)).
     weights = {t: 100.0 / (len(d) * len(v)) for t, v in d.items()}
     terms = [weights[t] * x for t in sorted(d) for x in d[t] if x != 0]
