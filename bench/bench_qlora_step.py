@@ -32,12 +32,10 @@ RESPONSE = 300
 
 def _build_model(directory: Path) -> None:
     import torch
-    from sealong.loop.backends.models import _smollm2_gguf_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from sealong.loop.backends.models import build_tiny_random_llama
 
-    tok = _smollm2_gguf_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    model, tok = build_tiny_random_llama(
+        0,
         hidden_size=1024,
         intermediate_size=2816,
         num_hidden_layers=8,
@@ -45,12 +43,8 @@ def _build_model(directory: Path) -> None:
         num_key_value_heads=4,
         max_position_embeddings=16384,
         tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    model.to(torch.bfloat16).save_pretrained(directory)
     tok.save_pretrained(directory)
 
 

@@ -100,14 +100,14 @@ def _smollm2_gguf_tokenizer():
     return copy.deepcopy(_GGUF_TOKENIZER[0])
 
 
-def build_tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
-    """A 2-layer Llama with random weights (seeded) and SmolLM2's tokenizer: fast, real architecture."""
+def build_tiny_random_llama(seed: int = 0, **sizes: Any) -> tuple[Any, Any]:
+    """A 2-layer Llama with random weights (seeded) and SmolLM2's tokenizer: fast, real architecture.
+    `sizes` override its LlamaConfig (the benches build bigger ones so)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _smollm2_gguf_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
+    shape = dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -115,6 +115,10 @@ def build_tiny_random_llama(seed: int = 0) -> tuple[Any, Any]:
         num_key_value_heads=2,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
+    )
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        **(shape | sizes),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

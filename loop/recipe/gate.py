@@ -15,6 +15,8 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
+from sealong.loop.recipe.stats import bootstrap_means
+
 
 @dataclass
 class GateDecision:
@@ -44,8 +46,6 @@ def paired_bootstrap(
     cand: dict[str, list[float]], champ: dict[str, list[float]], samples: int, seed: int
 ) -> list[float]:
     """Gains (points) over `samples` stratified bootstrap resamples of the questions."""
-    from sealong.loop.recipe.stats import bootstrap_means
-
     diffs = {t: [c - h for c, h in zip(cand[t], champ[t])] for t in cand}
     return bootstrap_means(diffs, samples, random.Random(seed))
 

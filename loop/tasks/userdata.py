@@ -110,6 +110,14 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     yield from enumerate(table.to_pylist(), 1)
 
 
+def _question(obj: dict, fields: FieldMap, p: str, lineno: int) -> tuple[str, str]:
+    """The record's question and the field it came from; a missing one names the field names tried."""
+    qkey = fields.find(obj, "question")
+    if qkey is None:
+        raise DataError(p, lineno, fields.names("question")[0], fields.missing("question"))
+    return _text(obj, qkey, p, lineno), qkey
+
+
 def _text(obj: dict, key: str, p: str, lineno: int) -> str:
     value = obj[key]
     if not isinstance(value, str):
@@ -230,10 +238,7 @@ def load_records(
     p, base = str(path), path.parent
     records, lines = [], []
     for lineno, obj in read_records(path):
-        qkey = fields.find(obj, "question")
-        if qkey is None:
-            raise DataError(p, lineno, fields.names("question")[0], fields.missing("question"))
-        question = _text(obj, qkey, p, lineno)
+        question, qkey = _question(obj, fields, p, lineno)
         context = _context(obj, fields, p, lineno, base)
         answers, akey = _answers(obj, fields, p, lineno, required=split == "eval")
         rid, ikey = _id(obj, fields, p, lineno, f"{path.stem}-{lineno}")
@@ -291,10 +296,7 @@ def load_folder(folder: str | Path, questions_path: str | Path, fields: FieldMap
     p = str(qpath)
     records, lines = [], []
     for lineno, obj in read_records(qpath):
-        qkey = fields.find(obj, "question")
-        if qkey is None:
-            raise DataError(p, lineno, fields.names("question")[0], fields.missing("question"))
-        question = _text(obj, qkey, p, lineno)
+        question, qkey = _question(obj, fields, p, lineno)
         answers, akey = _answers(obj, fields, p, lineno, required=False)
         rid, ikey = _id(obj, fields, p, lineno, f"{qpath.stem}-{lineno}")
         dkey = fields.find(obj, "document")
