@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 
 import click
+from sealong.loop.commands.ablate import ablate_command
 from sealong.loop.commands.doctor import doctor_command
 from sealong.loop.commands.export import export_command, export_pairs_command
 from sealong.loop.commands.lineage import lineage_command, query_command, show_command
@@ -45,6 +46,7 @@ from sealong.loop.errors import EXIT_INTERRUPTED, SealongError, exit_code_for
         show_command,
         query_command,
         report_command,
+        ablate_command,
         export_command,
         export_pairs_command,
         doctor_command,
