@@ -45,7 +45,9 @@ from sealong.loop.recipe import ablation
 )
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="Rounds per arm (default 3).")
 @click.option("--workdir", default="runs/ablation", show_default=True, help="The ablation's directory.")
-@click.option("--report-only", is_flag=True, help="Write the report from the rounds done so far; run nothing.")
+@click.option(
+    "--report-only", is_flag=True, help="Write the report from the rounds done so far; run nothing."
+)
 @click.option("--plain", is_flag=True, help="Progress as plain lines instead of the live view.")
 def ablate_command(
     config_path: str | None,
@@ -98,7 +100,9 @@ def ablate_command(
         for arm in plan.arms:
             status, code = _run_arm(wd, plan, base, arm, r, console, plain)
             if status in ("failed", "stopped"):
-                console.print(f"arm {arm} {status} in round {r}; resume with `sealong-loop ablate --workdir {wd}`")
+                console.print(
+                    f"arm {arm} {status} in round {r}; resume with `sealong-loop ablate --workdir {wd}`"
+                )
                 _report(wd, plan)
                 sys.exit(code)
     _report(wd, plan)
@@ -114,7 +118,9 @@ def _base_from_arms(wd: Path, plan: ablation.Plan):
     return None
 
 
-def _run_arm(wd: Path, plan: ablation.Plan, base, arm: str, upto: int, console, plain: bool) -> tuple[str, int]:
+def _run_arm(
+    wd: Path, plan: ablation.Plan, base, arm: str, upto: int, console, plain: bool
+) -> tuple[str, int]:
     from sealong.loop.commands.status_watch import LiveUI, PlainUI
     from sealong.loop.engine.controller import Controller
     from sealong.loop.engine.workdir import holder_pid, load_stored_config

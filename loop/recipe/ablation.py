@@ -53,7 +53,9 @@ def parse_arms(text: str) -> list[str]:
     if bad:
         raise SealongError(f"--arms: unknown selection {', '.join(bad)}; choose from {', '.join(known)}")
     if len(arms) < 2:
-        raise SealongError("--arms: name at least two selections, comma-separated (e.g. mbr-embedding,random)")
+        raise SealongError(
+            "--arms: name at least two selections, comma-separated (e.g. mbr-embedding,random)"
+        )
     if len(set(arms)) != len(arms):
         raise SealongError(f"--arms: each arm once (got {text})")
     return arms
@@ -107,7 +109,9 @@ def check_resume(plan: Plan, arms: list[str] | None, rounds: int | None, base: C
 # -- the statistics -------------------------------------------------------------------------------------
 
 
-def questions_needed(diffs: list[float], effect: float = 5.0, alpha: float = 0.05, power: float = 0.8) -> int | None:
+def questions_needed(
+    diffs: list[float], effect: float = 5.0, alpha: float = 0.05, power: float = 0.8
+) -> int | None:
     """Eval questions a two-sided paired test at `alpha` needs to detect a mean difference of `effect`
     points with probability `power`, given per-question differences (points) measured between two arms:
     n = ((z_{1-alpha/2} + z_power) * sd / effect)^2 (the normal approximation). None when the measured
@@ -122,7 +126,9 @@ def questions_needed(diffs: list[float], effect: float = 5.0, alpha: float = 0.0
     return math.ceil((k * sd / effect) ** 2)
 
 
-def analyse(evals: dict[str, dict[int, dict[str, tuple[str, float]]]], arms: list[str], seed: int = 0) -> dict:
+def analyse(
+    evals: dict[str, dict[int, dict[str, tuple[str, float]]]], arms: list[str], seed: int = 0
+) -> dict:
     """evals: arm -> round -> question id -> (task, SubEM 0/1) of that round's candidate, plus round -1 for
     the base model. Returns per-arm-round summaries, per-round paired differences against the first arm,
     the pooled difference (each question's mean over the rounds every arm finished) and the power note."""
@@ -143,7 +149,7 @@ def analyse(evals: dict[str, dict[int, dict[str, tuple[str, float]]]], arms: lis
             qids = sorted(evals[a][r])
             s = stats.arm_summary(by_task(evals[a][r], qids), seed=seed)
             out["rows"].append({"arm": a, "round": r, **s.to_dict()})
-        if first not in have:
+        if first not in have or r < 0:  # the base model is the same model in every arm
             continue
         for a in have:
             if a == first:
@@ -159,7 +165,10 @@ def analyse(evals: dict[str, dict[int, dict[str, tuple[str, float]]]], arms: lis
         for a in arms:
             qsets = [set(evals[a][r]) for r in trained]
             qids = sorted(set.intersection(*qsets))
-            means[a] = {q: (evals[a][trained[0]][q][0], sum(evals[a][r][q][1] for r in trained) / len(trained)) for q in qids}
+            means[a] = {
+                q: (evals[a][trained[0]][q][0], sum(evals[a][r][q][1] for r in trained) / len(trained))
+                for q in qids
+            }
         for a in arms[1:]:
             qids = sorted(set(means[a]) & set(means[first]))
             if not qids:
