@@ -131,7 +131,7 @@ def markdown(res: dict[str, Any]) -> str:
         )
     for d in res["pooled"]:
         lines.append(
-            f"| {d['arm']} − {d['vs']} | pooled {min(d['rounds'])}–{max(d['rounds'])} | {_diff(d)} | "
+            f"| {d['arm']} − {d['vs']} | mean of rounds {', '.join(map(str, d['rounds']))} | {_diff(d)} | "
             f"{d['p_value']:.3f} | {d['wins']} / {d['losses']} | {d['n']} |"
         )
     per_q = res.get("eval_seconds_per_question")
@@ -147,12 +147,17 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for p in res["power"]:
         lines.append(
-            f"| {p['arm']} − {p['vs']} (pooled, n = {p['n']}) | {p['sd_points']:.1f} | "
-            f"{p['n_for_5_points'] or ''} | {_minutes(p['n_for_5_points'], per_q)} | "
-            f"{p['n_for_10_points'] or ''} | {_minutes(p['n_for_10_points'], per_q)} |"
+            f"| {p['arm']} − {p['vs']}, mean of {len(res['pooled'][0]['rounds'])} round(s) (n = {p['n']}) | "
+            f"{p['sd_points']:.1f} | {p['n_for_5_points'] or '—'} | {_minutes(p['n_for_5_points'], per_q)} | "
+            f"{p['n_for_10_points'] or '—'} | {_minutes(p['n_for_10_points'], per_q)} |"
+        )
+        lines.append(
+            f"| {p['arm']} − {p['vs']}, one round | {p['sd_points_one_round']:.1f} | "
+            f"{p['n_for_5_points_one_round'] or '—'} | {_minutes(p['n_for_5_points_one_round'], per_q)} | | |"
         )
     if per_q:
         lines += ["", f"Measured eval speed: {per_q:.2f} s per question per model (greedy), this machine."]
+    lines += ["", "— : every question tied (no spread to estimate from)."]
     lines += ["", "![SubEM per round and arm](ablation.png)", ""]
     return "\n".join(lines)
 
@@ -165,7 +170,7 @@ def plot(res: dict[str, Any], out: Path) -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     arms = res["arms"]
-    width = 0.8 / max(1, len(arms))
+    width = 0.08  # arms side by side around each round
     for i, arm in enumerate(arms):
         pts = [r for r in res["rows"] if r["arm"] == arm]
         xs = [r["round"] + (i - (len(arms) - 1) / 2) * width for r in pts]
@@ -176,7 +181,12 @@ def plot(res: dict[str, Any], out: Path) -> None:
         diag = [(x, y) for x, y in diag if y is not None]
         if diag:
             ax2.plot(*zip(*diag), marker="o", label=f"{arm}: chosen")
-    ax.set_xlabel("round (-1 = base model)")
+    ticks = sorted({r["round"] for r in res["rows"]})
+    ax.set_xticks(ticks, ["base" if t < 0 else str(t) for t in ticks])
+    ax2.set_xticks([t for t in ticks if t >= 0])
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
+    ax.set_xlabel("round's candidate")
     ax.set_ylabel("held-out SubEM % (95% CI)")
     ax.set_title("Candidate per round", fontsize=10)
     ax.legend(fontsize=8)

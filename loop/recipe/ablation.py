@@ -176,6 +176,11 @@ def analyse(
             d = stats.paired_difference(by_task(means[a], qids), by_task(means[first], qids), seed=seed)
             diffs = [100.0 * (means[a][q][1] - means[first][q][1]) for q in qids]
             out["pooled"].append({"arm": a, "vs": first, "rounds": trained, **d.to_dict()})
+            one_round = [
+                100.0 * (evals[a][r][q][1] - evals[first][r][q][1])
+                for r in trained
+                for q in sorted(set(evals[a][r]) & set(evals[first][r]))
+            ]
             out["power"].append(
                 {
                     "arm": a,
@@ -184,6 +189,9 @@ def analyse(
                     "n_for_5_points": questions_needed(diffs, 5.0),
                     "n_for_10_points": questions_needed(diffs, 10.0),
                     "n": len(qids),
+                    # one round's comparison (a single eval of each arm): the spread of per-round differences
+                    "n_for_5_points_one_round": questions_needed(one_round, 5.0),
+                    "sd_points_one_round": statistics.stdev(one_round) if len(one_round) > 1 else 0.0,
                 }
             )
     return out

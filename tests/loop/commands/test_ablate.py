@@ -55,7 +55,11 @@ def test_the_report_compares_the_arms(ablation_dir: Path):
     assert (diff["arm"], diff["vs"], diff["round"], diff["n"]) == ("random", "mbr-embedding", 0, n_eval)
     assert res["pooled"][0]["rounds"] == [0]
     md = (out / "ablation.md").read_text()
-    assert "| random − mbr-embedding | 0 |" in md and "![SubEM per round and arm](ablation.png)" in md
+    assert (
+        "| random − mbr-embedding | 0 |" in md
+        and "mean of rounds 0 |" in md
+        and "![SubEM per round and arm](ablation.png)" in md
+    )
     assert (out / "ablation.png").stat().st_size > 10_000
 
 

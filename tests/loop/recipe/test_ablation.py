@@ -91,3 +91,6 @@ def test_analyse_by_hand():
     # differences in points -50, -50, 0, 0: sd = sqrt(4 * 625 / 3) = 28.87; n for 5 = (2.80159 * 28.87 / 5)^2
     # = 261.6 -> 262
     assert power["n_for_5_points"] == 262 and round(power["sd_points"], 2) == 28.87
+    # one round at a time: differences -100, 0, 0, 0 (round 0) and 0, -100, 0, 0 (round 1), mean -25:
+    # sd = sqrt((2 * 75^2 + 6 * 25^2) / 7) = 46.29; n = (2.80159 * 46.29 / 5)^2 = 672.7 -> 673
+    assert power["n_for_5_points_one_round"] == 673
