@@ -67,24 +67,30 @@ def main() -> int:
         e = torch.nn.functional.normalize(
             torch.as_tensor(emb.encode(texts, convert_to_tensor=True)).float(), dim=-1
         )
-        cos = e @ e.T
-        rouge = [[mbr.rouge_l_f1(a, b) if i != j else 0.0 for j, b in enumerate(texts)] for i, a in enumerate(texts)]
+        sims = {
+            "embedding": (e @ e.T).tolist(),
+            "rouge-l": [[mbr.rouge_l_f1(a, b) for b in texts] for a in texts],
+        }
         for k in range(2, n + 1):
             picks: dict[str, list[float]] = {"embedding": [], "rouge-l": [], "random": [], "oracle": []}
             for sub in itertools.combinations(range(n), k):
-                for name, sim in (("embedding", lambda i, j: float(cos[i, j])), ("rouge-l", lambda i, j: rouge[i][j])):
-                    score = [sum(sim(i, j) for j in sub if j != i) / (k - 1) for i in sub]
+                for name, sim in sims.items():
+                    score = [sum(sim[i][j] for j in sub if j != i) / (k - 1) for i in sub]
                     best = max(range(k), key=lambda x: (score[x], -x))
                     picks[name].append(right[sub[best]])
                 picks["random"].append(sum(right[i] for i in sub) / k)
                 picks["oracle"].append(max(right[i] for i in sub))
             for name, v in picks.items():
                 acc.setdefault((name, k), []).append(sum(v) / len(v))
-    print(f"{len(qs)} questions (sampling policy × question), N = {n}; SubEM % averaged over every subset of N'")
+    print(
+        f"{len(qs)} questions (sampling policy × question), N = {n}; SubEM % averaged over every subset of N'"
+    )
     print("| N' | random pick | MBR embedding | MBR rouge-l | oracle@N' |")
     print("|---:|---:|---:|---:|---:|")
     for k in range(2, n + 1):
-        cells = [100 * sum(acc[(m, k)]) / len(acc[(m, k)]) for m in ("random", "embedding", "rouge-l", "oracle")]
+        cells = [
+            100 * sum(acc[(m, k)]) / len(acc[(m, k)]) for m in ("random", "embedding", "rouge-l", "oracle")
+        ]
         print(f"| {k} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     return 0
 
