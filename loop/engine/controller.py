@@ -104,6 +104,7 @@ class Controller:
         self.already_finished = ""  # started again with nothing left to do: why the run had finished
         self.intake: Intake | None = None  # your own data: new records between rounds
         self.waiting_since = 0.0  # when the run began waiting for new data (0: not waiting)
+        self.waiting_message = ""  # the status line last written while waiting
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -215,7 +216,8 @@ class Controller:
             record_round(db, round_id, chosen)
             state.set_run_message(db, self.run_id, None)
             self._event(
-                f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}",
+                f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}; "
+                f"{len(chosen)} training question(s), {sum(new for _, new in chosen)} new",
                 round_id=round_id,
             )
         return one(db, "SELECT * FROM rounds WHERE id = ?", (round_id,))
@@ -237,7 +239,7 @@ class Controller:
             if rnd == WAIT:
                 self._wait_for_data()
                 continue
-            self.waiting_since = 0.0
+            self.waiting_since, self.waiting_message = 0.0, ""
             if isinstance(rnd, str):
                 prev = self.previous or {}
                 if prev.get("status") == RunStatus.FINISHED and prev.get("message") == rnd:
@@ -280,8 +282,10 @@ class Controller:
             self.waiting_since = time.time()
             self._event(waiting_message(self.db, self.run_id, self.waiting_since))
         message = waiting_message(self.db, self.run_id, self.waiting_since, self.intake.note)
-        with Transaction(self.db):
-            state.set_run_message(self.db, self.run_id, message)
+        if message != self.waiting_message:  # a write only when the line changes
+            self.waiting_message = message
+            with Transaction(self.db):
+                state.set_run_message(self.db, self.run_id, message)
         self.on_tick()
         end = time.monotonic() + self.cfg.run.poll_seconds
         while time.monotonic() < end and not self._stop_requested():

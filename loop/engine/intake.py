@@ -16,6 +16,7 @@ set however the pool has grown since, and lineage knows which questions trained 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -106,15 +107,24 @@ class Intake:
             r["id"]: r
             for r in rows(db, "SELECT id, question, context, meta_json FROM questions WHERE split = 'train'")
         }
-        new = [r for r in read if r.id not in recorded]
-        self._report_changes(db, sig, read, recorded, stop)
+        texts = {_text_key(r["question"], r["context"]) for r in recorded.values()}
+        new, moved = [], []
+        for r in read:
+            if r.id in recorded:
+                continue
+            key = _text_key(r.question, r.context)
+            # the same question about the same text under another id (a default id, FILE-LINE, moves
+            # with its line when lines are inserted above it): already recorded, never trained twice
+            (moved if key in texts else new).append(r)
+            texts.add(key)
+        self._report_changes(db, sig, read, recorded, stop, [r.id for r in moved])
         if error is not None:
             self._report(
                 db,
                 f"{error} (new records from there on wait until it is fixed; nothing recorded is affected)",
                 "error",
             )
-            self.note = f"{error.path}:{error.line or ''} holds a bad record (see the event log)"
+            self.note = f"new records wait for a fix: {error}"
         if new:
             from sealong.loop.engine.workdir import insert_questions
 
@@ -145,10 +155,22 @@ class Intake:
                 read.append(rec)
         except DataError as e:
             return read, e, unfinished
+        except OSError as e:  # removed or made unreadable between the look and the read
+            return (
+                read,
+                DataError(e.filename or self.source, None, None, f"cannot read: {e.strerror}"),
+                unfinished,
+            )
         return read, None, unfinished
 
     def _report_changes(
-        self, db: sqlite_utils.Database, sig: tuple, read: list, recorded: dict, stop: int | None
+        self,
+        db: sqlite_utils.Database,
+        sig: tuple,
+        read: list,
+        recorded: dict,
+        stop: int | None,
+        moved: list[str],
     ) -> None:
         """One warning when the file shrank, lost recorded questions or changed recorded ones."""
         size = (sig[0][1] or (0,))[0]
@@ -176,6 +198,8 @@ class Intake:
             parts.append(f"{len(missing)} recorded question(s) are no longer in it ({_ids(missing)})")
         if changed:
             parts.append(f"{len(changed)} record(s) differ from their recorded text ({_ids(changed)})")
+        if moved:
+            parts.append(f"{len(moved)} record(s) are recorded already under another id ({_ids(moved)})")
         if parts:
             self._report(
                 db,
@@ -189,6 +213,10 @@ class Intake:
         if message not in self.reported:  # once per controller (a restarted one may say it again)
             self.reported.add(message)
             log_event(db, message, level, run_id=self.run_id)
+
+
+def _text_key(question: str, context: str) -> str:
+    return hashlib.sha256(f"{question}\0{context}".encode()).hexdigest()
 
 
 def _ids(ids: list[str]) -> str:
@@ -226,6 +254,13 @@ def choose_questions(
     last = trained(db, run_id)
     mode = d.new_questions if d.train_source in GROWING else "rotate"
     k = d.questions_per_round
+    for r in rows(  # rounds from before round_questions trained on the rotating slice
+        db,
+        "SELECT idx FROM rounds WHERE run_id = ? AND id NOT IN (SELECT round_id FROM round_questions)",
+        (run_id,),
+    ):
+        for q in _rotation(pool, r["idx"], k):
+            last[q] = max(last.get(q, -1), r["idx"])
     if mode == "rotate":
         return [(q, q not in last) for q in _rotation(pool, round_idx, k)]
     fresh = [q for q in pool if q not in last]

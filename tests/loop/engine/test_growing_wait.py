@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -128,3 +129,18 @@ def test_with_max_rounds_set_a_run_with_nothing_new_finishes_and_says_why(tmp_pa
     }
     again = cli("start", "--workdir", str(wd), "--plain")
     assert "nothing to do" in again.stdout and "append records to the training data" in again.stdout
+
+
+def test_a_signal_wakes_a_waiting_run_at_once(tmp_path: Path):
+    wd, _ = _run_with_round_0_done(tmp_path, max_rounds=0)
+    proc = _start(wd)
+    try:
+        _wait_for(lambda: _message(wd).startswith("waiting for new data since"), what="the wait")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_STOPPED and time.monotonic() - t0 < 5, out
+    assert one(connect(wd, readonly=True), "SELECT status FROM runs")["status"] == "stopped"

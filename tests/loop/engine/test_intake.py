@@ -185,3 +185,19 @@ def test_the_new_settings_are_checked(run: dict, data: dict, needle: str):
     with pytest.raises(ConfigError) as exc:
         config_from_dict({"run": run, "data": data}, check_paths=False)
     assert needle in str(exc.value)
+
+
+def test_a_line_inserted_above_never_trains_a_record_twice(tmp_path: Path):
+    """Default ids (FILE-LINE) move with their lines: a record that moved is matched by its text."""
+    cfg, _, _, path, _ = _run(tmp_path)
+    plain = [{k: v for k, v in _rec(i).items() if k != "id"} for i in range(3)]
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in plain[1:]))
+    db2 = connect(tmp_path / "wd2")
+    run2 = ensure_run(db2, cfg, tmp_path / "wd2", None, questions_for(cfg))
+    intake2 = Intake(cfg, run2)
+    assert _ids(db2) == ["mine-1", "mine-2"] and _round(db2, cfg, run2) == ["mine-1", "mine-2"]
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in plain))  # a line inserted on top
+    assert intake2.sync(db2) == 0 and _round(db2, cfg, run2) == []
+    (warn,) = _events(db2, "warn")
+    assert "2 record(s) differ from their recorded text (mine-1, mine-2)" in warn
+    assert "1 record(s) are recorded already under another id (mine-3)" in warn
