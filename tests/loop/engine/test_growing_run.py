@@ -44,7 +44,7 @@ def _waiting_after(wd: Path, n_rounds: int) -> bool:
     return done == n_rounds and message.startswith("waiting for new data")
 
 
-@pytest.mark.slow  # two real rounds: ~3 min on the shared 2 cores (test_growing_wait.py is the fast check)
+@pytest.mark.slow  # two real rounds: ~80 s of CPU, 3-7 min on the shared 2 cores (fast: test_growing_wait.py)
 def test_a_record_appended_between_rounds_is_trained_on_next_and_never_twice(tmp_path: Path):
     data = tmp_path / "mine.jsonl"
     data.write_bytes(_line(0) + _line(1))
