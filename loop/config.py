@@ -34,9 +34,11 @@ PLAN_AND_SOLVE = (
 class RunConfig:
     name: str = "sealong"
     seed: int = 0
-    max_rounds: int = 3
+    max_rounds: int = 3  # 0: until stopped (with your own data: waits for new records between rounds)
     patience: int = 2  # stop after this many rounds in a row without a promotion
     max_stage_retries: int = 2
+    # max_rounds = 0 and nothing new to train on: seconds between looks at train_path for new records
+    poll_seconds: float = 10.0
 
 
 @dataclass
@@ -81,6 +83,12 @@ class DataConfig:
     context_file_field: str = ""
     answers_field: str = ""
     document_field: str = ""
+    # Your own data grows: what a round trains on. "only-new": questions no earlier round had (none new: the
+    # run finishes, or with max_rounds = 0 waits for some); "mix": as many new ones, plus
+    # old_question_fraction of questions_per_round from those trained before (least recently first);
+    # "rotate": a rotating slice of the whole pool, new and old alike (never waits). Built-in sources rotate.
+    new_questions: Literal["only-new", "mix", "rotate"] = "only-new"
+    old_question_fraction: float = 0.5
     eval_questions_per_task: int = 10
     context_tokens_min: int = 400  # target context length, drawn uniformly per question
     context_tokens_max: int = 700

@@ -41,7 +41,8 @@ def value_problems(cfg: Config) -> list[tuple[str, str, str]]:
             f"unknown built-in model {spec!r}: {_did_you_mean(spec, known)}known: {', '.join(known)}, "
             "or a local model directory",
         )
-    need(r.max_rounds >= 1, "run", "max_rounds", f"must be >= 1 (got {r.max_rounds})")
+    need(r.max_rounds >= 0, "run", "max_rounds", f"must be >= 0, 0 = until stopped (got {r.max_rounds})")
+    need(r.poll_seconds > 0, "run", "poll_seconds", f"must be > 0 (got {r.poll_seconds})")
     need(r.patience >= 1, "run", "patience", f"must be >= 1 (got {r.patience})")
     need(r.max_stage_retries >= 0, "run", "max_stage_retries", f"must be >= 0 (got {r.max_stage_retries})")
     need(
@@ -113,6 +114,12 @@ def value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         f"must be in [1, train_pool_size={d.train_pool_size}] (got {d.questions_per_round})"
         if not own_data
         else f"must be >= 1 (got {d.questions_per_round})",
+    )
+    need(
+        0 <= d.old_question_fraction < 1,
+        "data",
+        "old_question_fraction",
+        f"must be in [0, 1): a round needs at least one new question (got {d.old_question_fraction})",
     )
     need(
         d.eval_questions_per_task >= 1,

@@ -211,4 +211,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE questions ADD COLUMN meta_json TEXT NOT NULL DEFAULT '{}';
         """,
     ),
+    (
+        "0008_round_questions",
+        """
+        -- the training questions of each round, fixed when the round starts (a growing source's pool
+        -- changes between rounds; a resumed stage must see the same set): which questions trained which
+        -- adapter, and which are new. A round from before this table has no rows: its set is the rotating
+        -- slice of the pool it always was (stages/base.py)
+        CREATE TABLE round_questions (
+            round_id INTEGER NOT NULL REFERENCES rounds(id),
+            question_id TEXT NOT NULL REFERENCES questions(id),
+            position INTEGER NOT NULL,                    -- order within the round
+            is_new INTEGER NOT NULL,                      -- 1: no earlier round of the run had it
+            PRIMARY KEY (round_id, question_id)
+        );
+        CREATE INDEX round_questions_question ON round_questions(question_id);
+        """,
+    ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlite_utils
@@ -44,6 +45,18 @@ WHERE a.id = :adapter ORDER BY p.id
 """
 
 
+# A round's training questions as recorded when it started; a round from before round_questions (0008):
+# the questions its pairs were made of
+ROUND_QUESTIONS_SQL = """
+SELECT q.id, q.question, q.meta_json, rq.is_new FROM round_questions rq JOIN questions q ON q.id = rq.question_id
+WHERE rq.round_id = :round ORDER BY rq.position
+"""
+PAIRED_QUESTIONS_SQL = """
+SELECT q.id, q.question, q.meta_json, NULL AS is_new FROM questions q
+WHERE q.id IN (SELECT question_id FROM pairs WHERE round_id = :round) ORDER BY q.pool_index
+"""
+
+
 def parent_chain(db: sqlite_utils.Database, adapter_id: str) -> list[dict[str, Any]]:
     """The adapter, its parent, its parent's parent, … (depth 0 first)."""
     return rows(db, PARENT_CHAIN_SQL, {"adapter": adapter_id})
@@ -57,6 +70,26 @@ def adapter_metrics(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 def training_data(db: sqlite_utils.Database, adapter_id: str) -> list[dict[str, Any]]:
     """The questions and pairs that trained an adapter."""
     return rows(db, TRAINING_DATA_SQL, {"adapter": adapter_id})
+
+
+def trained_questions(db: sqlite_utils.Database, round_id: int) -> list[dict[str, Any]]:
+    """A round's training questions: id, the question (its first 80 characters, one line), whether no
+    earlier round had it (None: not recorded), and where it came from (your own data: file:line)."""
+    has_table = one(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'round_questions'")
+    got = rows(db, ROUND_QUESTIONS_SQL, {"round": round_id}) if has_table else []
+    out = []
+    for q in got or rows(db, PAIRED_QUESTIONS_SQL, {"round": round_id}):
+        meta = json.loads(q["meta_json"] or "{}")
+        text = " ".join(q["question"].split())
+        out.append(
+            {
+                "id": q["id"],
+                "question": text if len(text) <= 80 else text[:79] + "…",
+                "new": None if q["is_new"] is None else bool(q["is_new"]),
+                "from": f"{meta['file']}:{meta['line']}" if "file" in meta and "line" in meta else None,
+            }
+        )
+    return out
 
 
 def diagnostics_by_round(db: sqlite_utils.Database, run_id: int | None = None) -> dict[int, dict[str, float]]:

@@ -60,6 +60,11 @@ def set_max_rounds(db: sqlite_utils.Database, run_id: int, max_rounds: int) -> N
     db.execute("UPDATE runs SET max_rounds = ? WHERE id = ?", (max_rounds, run_id))
 
 
+def set_run_message(db: sqlite_utils.Database, run_id: int, message: str | None) -> None:
+    """A running run's note for `status` (waiting for new data); None clears it. Finished runs keep theirs."""
+    db.execute("UPDATE runs SET message = ? WHERE id = ? AND status = 'running'", (message, run_id))
+
+
 def request_stop(db: sqlite_utils.Database) -> None:
     """Ask every run in the workdir to stop; the controller checks this before each stage."""
     db.execute("UPDATE runs SET stop_requested = 1")

@@ -25,7 +25,7 @@ from sealong.loop.commands import common
 from sealong.loop.errors import QueryError, SealongError
 from sealong.store.artifacts import adapter_problems
 from sealong.store.db import has_schema, one, rows
-from sealong.store.queries import adapter_metrics, parent_chain
+from sealong.store.queries import adapter_metrics, parent_chain, trained_questions
 
 PAIR_TEXTS_SQL = """
 SELECT p.id AS pair_id, p.question_id, COALESCE(cs.text, cg.text) AS chosen, rs.text AS rejected
@@ -142,6 +142,7 @@ def adapter_details(db: sqlite_utils.Database, workdir: Path, name: str) -> dict
     skipped = pairs_out.get("skipped", {})
     chain = parent_chain(db, a["id"])
     problem = weights_problem(workdir, a)
+    paired = {p["question_id"] for p in pairs}
     return {
         "id": a["id"],
         "status": a["status"],
@@ -164,6 +165,15 @@ def adapter_details(db: sqlite_utils.Database, workdir: Path, name: str) -> dict
             "question_ids": [p["question_id"] for p in pairs],
             "sha256": pairs_digest(pairs),
         },
+        "questions": [{**q, "paired": q["id"] in paired} for q in trained_questions(db, a["round_id"])],
+        "ancestors": [
+            {
+                "id": c["id"],
+                "round": one(db, "SELECT idx FROM rounds WHERE id = ?", (c["round_id"],))["idx"],
+                "question_ids": [q["id"] for q in trained_questions(db, c["round_id"])],
+            }
+            for c in chain[1:]
+        ],
         "metrics": _metrics(db).get(a["id"]),
         "decision": json.loads(rnd["decision_json"] or "null"),
     }
@@ -221,6 +231,27 @@ def render_details(d: dict[str, Any]) -> Group:
         f"{len(set(data['question_ids']))} questions ({skipped} skipped), data sha256 {data['sha256']}\n"
         f"questions: {', '.join(data['question_ids'])}",
     )
+    if d["questions"]:
+        row(
+            "questions",
+            "\n".join(
+                f"{q['id']}  {q['question']}"
+                + (f"  ({q['from']})" if q["from"] else "")
+                + ("" if q["paired"] else "  [no pair: skipped]")
+                + ("  [trained before]" if q["new"] is False else "")
+                for q in d["questions"]
+            ),
+        )
+    if d["ancestors"]:
+        row(
+            "ancestors' questions",
+            "\n".join(
+                f"{anc['id']} (round {anc['round']}): {len(anc['question_ids'])} questions: "
+                + ", ".join(anc["question_ids"][:12])
+                + (", …" if len(anc["question_ids"]) > 12 else "")
+                for anc in d["ancestors"]
+            ),
+        )
     m = d["metrics"]
     row(
         "metrics",
@@ -310,7 +341,8 @@ def lineage_command(workdir: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def show_command(adapter: str, workdir: str, as_json: bool) -> None:
     """One adapter's record: parent chain, training config, the pairs that trained it (round, question ids,
-    count, sha256 of their texts), its metrics and promotion decision, and its weights (sha256 checked now).
+    count, sha256 of their texts), the questions that trained it and its ancestors, its metrics and
+    promotion decision, and its weights (sha256 checked now).
 
     ADAPTER is an adapter id (see `lineage`) or `champion`.
 

@@ -397,7 +397,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"# sealong-loop report: run '{run['name']}'",
         "",
         f"- status: **{run['status']}**" + (f" ({run['message']})" if run["message"] else ""),
-        f"- rounds: {len(data['rounds'])} of {run['max_rounds']}",
+        f"- rounds: {len(data['rounds'])} of {run['max_rounds'] or 'until stopped'}",
         f"- champion: **{data['champion']}**"
         + (f", SubEM {champ['mean_subem']:.1f}" if champ else "")
         + (f" (base model {base['mean_subem']:.1f})" if base and data["champion"] != "base" else ""),

@@ -34,9 +34,10 @@ from sealong.loop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STOPPED, Sea
 @click.option("--workdir", default=None, help=common.WORKDIR_HELP)
 @click.option(
     "--max-rounds",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=None,
-    help="Total rounds for this run (overrides [run] max_rounds).",
+    help="Total rounds for this run (overrides [run] max_rounds); 0: until stopped (your own data: waits "
+    "for new records when every question has been trained on).",
 )
 @click.option(
     "--detach",
@@ -103,6 +104,9 @@ def start_command(
             + (
                 f"add rounds with `sealong-loop start --workdir {wd} --max-rounds N` (N > the rounds done)"
                 if "max_rounds" in reason
+                else "append records to the training data and start it again, or give `--max-rounds 0` to "
+                "wait for them"
+                if "no new questions" in reason
                 else "it ended by run.patience, which a run keeps; for more rounds start a new --workdir with a "
                 "larger run.patience"
             )
@@ -119,7 +123,7 @@ def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
     cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", "start", "--workdir", str(wd), "--plain"]
     if config_path:
         cmd += ["--config", str(Path(config_path).resolve())]
-    if max_rounds:
+    if max_rounds is not None:
         cmd += ["--max-rounds", str(max_rounds)]
     log = open(wd / "controller.log", "ab")
     proc = subprocess.Popen(

@@ -22,6 +22,7 @@ from sealong.loop.stages.registry import STAGE_NAMES
 PHASE_STYLE = {
     "running": "bold green",
     "between stages": "green",
+    "waiting": "green",
     "finished": "bold blue",
     "failed": "bold red",
     "crashed": "bold red",
@@ -66,7 +67,9 @@ def render_header(s: MonitorState) -> Text:
         ("sealong-loop ", "bold"), f"run '{r['name']}'  ", (ph.upper(), PHASE_STYLE.get(ph, ""))
     )
     if s.rounds:
-        t.append(f"  ·  round {s.rounds[-1]['idx']} ({len(s.rounds)} of {r['max_rounds']})")
+        t.append(
+            f"  ·  round {s.rounds[-1]['idx']} ({len(s.rounds)} of {r['max_rounds'] or 'until stopped'})"
+        )
     champ = _mean(s, s.champion)
     t.append(f"  ·  champion {s.champion}" + (f" (SubEM {champ:.1f})" if champ is not None else ""))
     if s.controller_pid:
@@ -159,6 +162,8 @@ def render_now(s: MonitorState) -> Panel:
         nxt = s.next_stage
         what = f"next: {nxt['name']} of round {_round_idx(s, nxt['round_id'])}" if nxt else "between rounds"
         return Panel(Text(f"between stages; {what}"), title="now", border_style="green")
+    if ph == "waiting":
+        return Panel(Text(s.run["message"]), title="waiting", border_style="green")
     if ph == "crashed":
         st = s.current
         if st is not None:

@@ -51,7 +51,8 @@ class MonitorState:
 
 
 def phase(s: MonitorState) -> str:
-    """not started | running | between stages | crashed | finished | failed | stopped."""
+    """not started | running | between stages | waiting | crashed | finished | failed | stopped (waiting:
+    for new data, the run's message says since when)."""
     if s.run is None:
         return "not started"
     if s.run["status"] != "running":
@@ -59,6 +60,8 @@ def phase(s: MonitorState) -> str:
     if s.current is not None and s.stage_alive:
         return "running"
     if s.controller_pid:
+        if s.current is None and (s.run.get("message") or "").startswith("waiting for new data"):
+            return "waiting"
         return "running" if s.current is not None else "between stages"
     # The store says running, but neither a controller nor the stage process is alive: killed or crashed.
     return "crashed"

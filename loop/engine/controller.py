@@ -31,6 +31,7 @@ from pathlib import Path
 
 import sqlite_utils
 from sealong.loop.config import Config
+from sealong.loop.engine.intake import Intake, choose_questions, record_round, trained, waiting_message
 from sealong.loop.engine.launch import stage_command
 from sealong.loop.engine.stage_main import exit_code_file
 from sealong.loop.engine.workdir import WorkdirLock, ensure_run
@@ -48,6 +49,7 @@ from sealong.store.liveness import process_alive
 from sealong.store.state import RoundStatus, RunStatus, StageStatus
 
 STOP_GRACE_S = 10.0  # after SIGTERM, the stage process gets this long before SIGKILL
+WAIT = "wait"  # _next_round: nothing new to train on yet, and the run goes on until stopped
 
 
 def _is_stage_process(pid: int, stage_id: int, workdir: Path) -> bool:
@@ -100,6 +102,9 @@ class Controller:
         self.previous: dict | None = None  # the run's status and message before this start
         self.questions: list | None = None  # a new run's questions, when the caller loaded them already
         self.already_finished = ""  # started again with nothing left to do: why the run had finished
+        self.intake: Intake | None = None  # your own data: new records between rounds
+        self.waiting_since = 0.0  # when the run began waiting for new data (0: not waiting)
+        self.waiting_message = ""  # the status line last written while waiting
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -109,6 +114,7 @@ class Controller:
         try:
             self.db = connect(self.workdir)
             self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds, self.questions)
+            self.intake = Intake(self.cfg, self.run_id)
             self.previous = one(
                 self.db, "SELECT status, message, finished_at FROM runs WHERE id = ?", (self.run_id,)
             )
@@ -173,7 +179,7 @@ class Controller:
 
     # -- the state machine -----------------------------------------------------------------------------
     def _next_round(self) -> dict | str:
-        """The round to work on, or a reason to finish."""
+        """The round to work on, a reason to finish, or WAIT (nothing new yet; the run has no max_rounds)."""
         db = self.db
         current = one(
             db,
@@ -184,7 +190,7 @@ class Controller:
             return current
         done = rows(db, "SELECT promoted FROM rounds WHERE run_id = ? ORDER BY idx", (self.run_id,))
         max_rounds = one(db, "SELECT max_rounds FROM runs WHERE id = ?", (self.run_id,))["max_rounds"]
-        if len(done) >= max_rounds:
+        if max_rounds and len(done) >= max_rounds:
             return f"finished: {len(done)} round(s) done (max_rounds = {max_rounds})"
         streak = 0
         for r in reversed(done):
@@ -193,13 +199,25 @@ class Controller:
             streak += 1
         if streak >= self.cfg.run.patience:
             return f"finished: {streak} round(s) in a row without a promotion (patience = {self.cfg.run.patience})"
+        self.intake.sync(db)
+        chosen = choose_questions(db, self.cfg, self.run_id, len(done))
+        if not chosen:
+            if not max_rounds:
+                return WAIT
+            return (
+                f"finished: no new questions to train on ({len(trained(db, self.run_id))} trained, "
+                f"[data] new_questions = {self.cfg.data.new_questions})"
+            )
         champ = champion(db, self.run_id)
         with Transaction(db):
             round_id = state.start_round(
                 db, self.run_id, len(done), champ["id"] if champ else None, STAGE_NAMES
             )
+            record_round(db, round_id, chosen)
+            state.set_run_message(db, self.run_id, None)
             self._event(
-                f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}",
+                f"round {len(done)} started; policy = {champ['id'] if champ else 'base model'}; "
+                f"{len(chosen)} training question(s), {sum(new for _, new in chosen)} new",
                 round_id=round_id,
             )
         return one(db, "SELECT * FROM rounds WHERE id = ?", (round_id,))
@@ -218,6 +236,10 @@ class Controller:
             if self._stop_requested():
                 return self._finish(RunStatus.STOPPED, "stopped on request; `sealong-loop start` resumes it")
             rnd = self._next_round()
+            if rnd == WAIT:
+                self._wait_for_data()
+                continue
+            self.waiting_since, self.waiting_message = 0.0, ""
             if isinstance(rnd, str):
                 prev = self.previous or {}
                 if prev.get("status") == RunStatus.FINISHED and prev.get("message") == rnd:
@@ -252,6 +274,23 @@ class Controller:
             with Transaction(self.db):
                 state.mark_round_done(self.db, rnd["id"])
                 self._event(f"round {rnd['idx']} done", round_id=rnd["id"])
+
+    def _wait_for_data(self) -> None:
+        """Nothing new to train on: say so in the run's status, then sleep up to run.poll_seconds, waking
+        at once for a stop request or a signal."""
+        if not self.waiting_since:
+            self.waiting_since = time.time()
+            self._event(waiting_message(self.db, self.run_id, self.waiting_since))
+        message = waiting_message(self.db, self.run_id, self.waiting_since, self.intake.note)
+        if message != self.waiting_message:  # a write only when the line changes
+            self.waiting_message = message
+            with Transaction(self.db):
+                state.set_run_message(self.db, self.run_id, message)
+        self.on_tick()
+        end = time.monotonic() + self.cfg.run.poll_seconds
+        while time.monotonic() < end and not self._stop_requested():
+            time.sleep(min(self.tick_seconds, max(0.0, end - time.monotonic())))
+            self.on_tick()
 
     def _run_stage(self, rnd: dict, st: dict) -> None:
         """Run one stage in a child process, retrying failures up to the bound."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sealong.loop.engine.intake import rounds_question_ids
 from sealong.loop.errors import IntegrityError
 from sealong.store.artifacts import adapter_problems
 from sealong.store.db import DB_NAME, connect, has_schema, one, rows
@@ -113,7 +114,9 @@ def _round(db, wd: Path, rnd: dict, n: int, n_eval: int, cfg: dict) -> list[str]
             out.append(
                 f"{tag}: question {q['question_id']} has {q['k']} samples (indices {q['lo']}..{q['hi']}), expected {n}"
             )
-    expected_q = _round_question_ids(db, rnd["idx"], cfg)
+    expected_q = (
+        rounds_question_ids(db, rnd["id"]) if _has_table(db, "round_questions") else []
+    ) or _round_question_ids(db, rnd["idx"], cfg)
     stray = {q["question_id"] for q in per_q} - set(expected_q)
     if stray:
         out.append(f"{tag}: samples for questions outside the round: {sorted(stray)[:3]}")
@@ -187,6 +190,10 @@ def _round(db, wd: Path, rnd: dict, n: int, n_eval: int, cfg: dict) -> list[str]
                 f"{tag}: {cand} has status {status}, expected one of {sorted(want)} (promoted={rnd['promoted']})"
             )
     return out
+
+
+def _has_table(db, name: str) -> bool:
+    return one(db, "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
 
 
 def _round_question_ids(db, round_idx: int, cfg: dict) -> list[str]:

@@ -196,27 +196,13 @@ def ensure_run(
     questions = questions if questions is not None else questions_for(cfg)
     with Transaction(db):
         run_id = state.create_run(
-            db, cfg.run.name, dumps(cfg.to_dict()), cfg.source_path, max_rounds or cfg.run.max_rounds
+            db,
+            cfg.run.name,
+            dumps(cfg.to_dict()),
+            cfg.source_path,
+            cfg.run.max_rounds if max_rounds is None else max_rounds,
         )
-        counters: dict[str, int] = {}
-        for split, q in questions:
-            counters[split] = counters.get(split, -1) + 1
-            db.execute(
-                "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, "
-                "pool_index, meta_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    q.id,
-                    split,
-                    q.task,
-                    q.source,
-                    q.question,
-                    q.context,
-                    json.dumps(q.answers),
-                    q.n_tokens,
-                    counters[split],
-                    json.dumps(q.meta, ensure_ascii=False),
-                ),
-            )
+        counters = insert_questions(db, questions)
         log_event(
             db,
             f"run created: {counters.get('train', -1) + 1} training questions, "
@@ -225,6 +211,35 @@ def ensure_run(
         )
     atomic_write_text(workdir / "config.toml", dump_config_toml(cfg))
     return run_id
+
+
+def insert_questions(
+    db: sqlite_utils.Database,
+    questions: list[tuple[str, QuestionRecord]],
+    first: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """Record questions (split, record) in the caller's transaction, numbered on from `first` (split ->
+    the first pool_index; 0 by default). Returns split -> the last pool_index used."""
+    counters = {split: i - 1 for split, i in (first or {}).items()}
+    for split, q in questions:
+        counters[split] = counters.get(split, -1) + 1
+        db.execute(
+            "INSERT INTO questions (id, split, task, source, question, context, answers_json, n_tokens, "
+            "pool_index, meta_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                q.id,
+                split,
+                q.task,
+                q.source,
+                q.question,
+                q.context,
+                json.dumps(q.answers),
+                q.n_tokens,
+                counters[split],
+                json.dumps(q.meta, ensure_ascii=False),
+            ),
+        )
+    return counters
 
 
 def _cut_note(cfg: Config, questions: list[tuple[str, QuestionRecord]]) -> str:

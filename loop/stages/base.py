@@ -69,7 +69,16 @@ class StageContext:
         faults.point("mark-done")  # tests: killed here, the whole transaction rolls back
 
     def round_questions(self) -> list[dict[str, Any]]:
-        """This round's training questions: a deterministic slice of the pool, rotating each round."""
+        """This round's training questions, as the controller recorded them when the round started
+        (engine/intake.py); a round from before round_questions: the slice of the pool, rotating each round."""
+        chosen = rows(
+            self.db,
+            "SELECT q.* FROM round_questions rq JOIN questions q ON q.id = rq.question_id "
+            "WHERE rq.round_id = ? ORDER BY rq.position",
+            (self.round_id,),
+        )
+        if chosen:
+            return chosen
         pool = rows(self.db, "SELECT * FROM questions WHERE split = 'train' ORDER BY pool_index")
         k = self.cfg.data.questions_per_round
         start = (self.round_idx * k) % len(pool)

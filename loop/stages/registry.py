@@ -2,11 +2,11 @@
 
 The controller creates a round's stages in this order and `engine/stage_main.py` runs a stage by loading
 its module from here. `writes` are the tables the module's own SQL writes, `reads` those it reads,
-itself or through the helpers in base.py and common.py (questions, adapters); a test checks both against
-the module's SQL. Besides, every stage reads its round and stage rows through `StageContext`, and
-records its progress and its end in `stages` (and, for train and promote, its result in `rounds`) only
-through `sealong.store.state`. Stage modules are imported when run, never here: loading the registry costs
-nothing.
+itself or through the helpers in base.py and common.py (questions, round_questions, adapters); a test
+checks both against the module's SQL. Besides, every stage reads its round and stage rows through
+`StageContext`, and records its progress and its end in `stages` (and, for train and promote, its result
+in `rounds`) only through `sealong.store.state`. Stage modules are imported when run, never here: loading
+the registry costs nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ def _stage(name: str, reads: set[str], writes: set[str]) -> StageSpec:
 
 
 STAGES: tuple[StageSpec, ...] = (
-    _stage("sample", reads={"questions", "samples", "greedy", "adapters"}, writes={"samples", "greedy"}),
+    _stage(
+        "sample",
+        reads={"questions", "round_questions", "samples", "greedy", "adapters"},
+        writes={"samples", "greedy"},
+    ),
     _stage("score", reads={"samples"}, writes={"samples", "sample_scores"}),
     _stage(
         "pairs",

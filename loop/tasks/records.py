@@ -34,12 +34,14 @@ def approx_tokens(text: str) -> int:
     return int(len(text.split()) * 1.3)
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: str | Path, unfinished: list[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; raise DataError on the first bad line.
 
     Files as editors and spreadsheets write them are read: a UTF-8 byte-order mark on the first line and
     CRLF line ends. A last line with no line end that is not valid JSON is reported as an unfinished
-    record (a file still being written), never parsed as half a record."""
+    record (a file still being written), never parsed as half a record. With `unfinished` (a list), a
+    last line with no line end is not read at all, valid JSON or not: its number is appended to the list
+    (a file that grows while the run reads it: the line is read once its line end is written)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), None, None, "file not found")
@@ -63,6 +65,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise DataError(str(path), lineno, None, f"not valid UTF-8 (byte {e.start})") from None
             if not text.strip():
                 continue
+            if unfinished is not None and not raw.endswith(b"\n"):
+                unfinished.append(lineno)
+                return
             try:
                 obj = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:

@@ -31,7 +31,6 @@ from sealong.loop.tasks.records import (
     QuestionRecord,
     approx_tokens,
     check_text,
-    check_unique_ids,
     read_jsonl,
     read_text_file,
 )
@@ -85,11 +84,14 @@ class FieldMap:
         return f"missing (looked for {', '.join(names)}; set [data] {role}_field to name another)"
 
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line or row number, object) from a JSONL file, or from a Parquet file (rows numbered from 1)."""
+def read_records(
+    path: str | Path, unfinished: list[int] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line or row number, object) from a JSONL file, or from a Parquet file (rows numbered from 1).
+    `unfinished`: see read_jsonl (a Parquet file has no unfinished rows)."""
     path = Path(path)
     if path.suffix.lower() != ".parquet":
-        yield from read_jsonl(path)
+        yield from read_jsonl(path, unfinished)
         return
     if not path.is_file():
         raise DataError(str(path), None, None, "file not found")
@@ -226,41 +228,55 @@ def _task(obj: dict, default: str) -> str:
     return task if isinstance(task, str) and task.strip() else default
 
 
+def iter_records(
+    path: str | Path, fields: FieldMap, split: str, unfinished: list[int] | None = None
+) -> Iterator[tuple[int, QuestionRecord]]:
+    """(line, record) from one JSONL/Parquet file, in file order; DataError at the first bad record (the
+    records before it have been yielded). split 'eval' requires answers and prefixes ids with 'eval:'
+    (one file may serve both roles)."""
+    path = Path(path)
+    p, base = str(path), path.parent
+    seen: dict[str, int] = {}
+    for lineno, obj in read_records(path, unfinished):
+        question, qkey = _question(obj, fields, p, lineno)
+        context = _context(obj, fields, p, lineno, base)
+        answers, akey = _answers(obj, fields, p, lineno, required=split == "eval")
+        rid, ikey = _id(obj, fields, p, lineno, f"{path.stem}-{lineno}")
+        used = {qkey, akey, ikey, fields.find(obj, "context") or fields.find(obj, "context_file"), "task"}
+        rec = QuestionRecord(
+            id=f"eval:{rid}" if split == "eval" else rid,
+            context=context,
+            question=question,
+            answers=answers,
+            source="jsonl",
+            task=_task(obj, path.stem),
+            n_tokens=approx_tokens(context),
+            meta={"file": p, "line": lineno, **_meta(obj, used)},
+        )
+        _check_new_id(rec.id, seen, p, lineno)
+        yield lineno, rec
+
+
+def _check_new_id(rid: str, seen: dict[str, int], p: str, lineno: int) -> None:
+    if rid in seen:
+        raise DataError(p, lineno, "id", f"duplicate id {rid!r} (first on line {seen[rid]})")
+    seen[rid] = lineno
+
+
 def load_records(
     path: str | Path,
     fields: FieldMap,
     split: str,
     limit: int | None = None,
 ) -> list[QuestionRecord]:
-    """Records from one JSONL/Parquet file. split 'eval' requires answers and prefixes ids with 'eval:'
-    (one file may serve both roles)."""
-    path = Path(path)
-    p, base = str(path), path.parent
-    records, lines = [], []
-    for lineno, obj in read_records(path):
-        question, qkey = _question(obj, fields, p, lineno)
-        context = _context(obj, fields, p, lineno, base)
-        answers, akey = _answers(obj, fields, p, lineno, required=split == "eval")
-        rid, ikey = _id(obj, fields, p, lineno, f"{path.stem}-{lineno}")
-        used = {qkey, akey, ikey, fields.find(obj, "context") or fields.find(obj, "context_file"), "task"}
-        records.append(
-            QuestionRecord(
-                id=f"eval:{rid}" if split == "eval" else rid,
-                context=context,
-                question=question,
-                answers=answers,
-                source="jsonl",
-                task=_task(obj, path.stem),
-                n_tokens=approx_tokens(context),
-                meta={"file": p, "line": lineno, **_meta(obj, used)},
-            )
-        )
-        lines.append(lineno)
+    """Records from one JSONL/Parquet file (iter_records), all of them or the first `limit`."""
+    records = []
+    for _, rec in iter_records(path, fields, split):
+        records.append(rec)
         if limit is not None and len(records) >= limit:
             break
-    check_unique_ids(records, p, lines)
     if not records:
-        raise DataError(p, None, None, "no records")
+        raise DataError(str(path), None, None, "no records")
     return records
 
 
@@ -278,10 +294,18 @@ def list_documents(folder: str | Path) -> list[Path]:
     )
 
 
-def load_folder(folder: str | Path, questions_path: str | Path, fields: FieldMap) -> list[QuestionRecord]:
-    """Questions about a folder of documents: each question names its document, or applies to all."""
+def iter_folder(
+    folder: str | Path,
+    questions_path: str | Path,
+    fields: FieldMap,
+    docs: list[Path] | None = None,
+    unfinished: list[int] | None = None,
+) -> Iterator[tuple[int, QuestionRecord]]:
+    """(line, record) for questions about a folder of documents, in question-file order: each question
+    names its document, or applies to every one of `docs` (default: list_documents). DataError at the
+    first bad question (the records before it have been yielded)."""
     folder, qpath = Path(folder), Path(questions_path)
-    docs = list_documents(folder)
+    docs = list_documents(folder) if docs is None else docs
     if not docs:
         raise DataError(
             str(folder), None, None, f"no documents (files ending {', '.join(DOCUMENT_SUFFIXES)})"
@@ -294,8 +318,8 @@ def load_folder(folder: str | Path, questions_path: str | Path, fields: FieldMap
         return texts[rel]
 
     p = str(qpath)
-    records, lines = [], []
-    for lineno, obj in read_records(qpath):
+    seen: dict[str, int] = {}
+    for lineno, obj in read_records(qpath, unfinished):
         question, qkey = _question(obj, fields, p, lineno)
         answers, akey = _answers(obj, fields, p, lineno, required=False)
         rid, ikey = _id(obj, fields, p, lineno, f"{qpath.stem}-{lineno}")
@@ -316,11 +340,13 @@ def load_folder(folder: str | Path, questions_path: str | Path, fields: FieldMap
         else:
             targets = [(rel, f"{rid}@{rel}") for rel in docs]
         meta = _meta(obj, {qkey, akey, ikey, dkey, "task"})
+        out = []
         for rel, qid in targets:
             context = text_of(rel, lineno, dkey)
             if not context.strip():
                 raise DataError(str(folder / rel), None, None, "the document is empty")
-            records.append(
+            _check_new_id(qid, seen, p, lineno)
+            out.append(
                 QuestionRecord(
                     id=qid,
                     context=context,
@@ -332,8 +358,13 @@ def load_folder(folder: str | Path, questions_path: str | Path, fields: FieldMap
                     meta={"file": p, "line": lineno, "document": str(rel), **meta},
                 )
             )
-            lines.append(lineno)
-    check_unique_ids(records, p, lines)
+        for rec in out:  # a question line's records all at once: never part of a line
+            yield lineno, rec
+
+
+def load_folder(folder: str | Path, questions_path: str | Path, fields: FieldMap) -> list[QuestionRecord]:
+    """Questions about a folder of documents (iter_folder), all of them."""
+    records = [rec for _, rec in iter_folder(folder, questions_path, fields)]
     if not records:
-        raise DataError(p, None, None, "no questions")
+        raise DataError(str(questions_path), None, None, "no questions")
     return records

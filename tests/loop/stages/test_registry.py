@@ -11,7 +11,7 @@ from sealong.loop.stages.registry import STAGE_NAMES, STAGES, stage_spec
 
 from ...store.sql_scan import read_tables, written_tables
 
-HELPERS = {"questions", "adapters"}  # what base.py and common.py read on every stage's behalf
+HELPERS = {"questions", "round_questions", "adapters"}  # what base.py and common.py read for the stages
 BOOKKEEPING = {"runs", "rounds", "stages"}  # written by sealong.store.state, never by a stage's SQL
 
 

@@ -227,8 +227,8 @@ def test_a_bad_record_is_one_line_through_the_cli(tmp_path: Path):
 
 
 def test_a_file_changed_after_the_run_began_loses_or_redoes_nothing(tmp_path: Path):
-    """Records are read once, when the run is created, and stored: rewriting or truncating the file later
-    changes nothing recorded (a resumed run never reads it again)."""
+    """Records are stored when the run is created: rewriting or truncating the file later changes nothing
+    recorded (resuming reads nothing here; the controller's pickup between rounds: engine/test_intake.py)."""
     from sealong.loop.engine.workdir import ensure_run, questions_for
     from sealong.store.db import connect, rows
 
