@@ -178,15 +178,20 @@ class DistributedConfig:
     rdzv_backend: Literal["static", "c10d"] = "static"
     rdzv_endpoint: str = "localhost:29400"
     rdzv_id: str = "sealong"
-    rdzv_timeout: int = (
-        600  # seconds the controller's node waits for the other nodes to join a training stage
-    )
+    rdzv_timeout: int = 600  # seconds torchrun's agents wait for each other at a training stage
+    join_timeout: int = 120  # seconds a sample/eval stage waits for every node to join (names the missing)
+    heartbeat_timeout: int = 60  # seconds without a node's heartbeat before a sample/eval stage fails
     checkpoint_every: int = 0  # optimizer steps between resumable training checkpoints (0: none)
 
     @property
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
 
+
+# Per launch, not per run (engine/rendezvous.py): a resumed run need not match the stored values.
+LAUNCH_KEYS = {
+    "distributed": ("nnodes", "rdzv_endpoint", "rdzv_id", "rdzv_timeout", "join_timeout", "heartbeat_timeout")
+}
 
 # The LoRA ranks a vLLM engine accepts (MaxLoRARanks in vllm/config/lora.py); older releases stop at 256.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

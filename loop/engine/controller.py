@@ -31,7 +31,9 @@ from pathlib import Path
 
 import sqlite_utils
 from sealong.loop.config import Config
+from sealong.loop.engine import rendezvous
 from sealong.loop.engine.launch import stage_command
+from sealong.loop.engine.rendezvous import Launch
 from sealong.loop.engine.stage_main import exit_code_file
 from sealong.loop.engine.workdir import WorkdirLock, ensure_run
 from sealong.loop.errors import (
@@ -83,9 +85,12 @@ class Controller:
         max_rounds: int | None = None,
         on_tick: Callable[[], None] = lambda: None,
         tick_seconds: float = 0.5,
+        launch: Launch | None = None,
     ):
         self.workdir = Path(workdir).resolve()
-        self.cfg = cfg
+        # where the nodes meet is per launch (engine/rendezvous.py): the stored config's is only a default
+        self.launch = launch or rendezvous.resolve(cfg, controller=True)
+        self.cfg = rendezvous.apply(cfg, self.launch)
         self.max_rounds = max_rounds
         self.on_tick = on_tick
         self.tick_seconds = tick_seconds
@@ -109,6 +114,15 @@ class Controller:
         try:
             self.db = connect(self.workdir)
             self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds, self.questions)
+            if self.launch.nnodes > 1:  # the stage processes read it; a worker needs the token
+                rendezvous.write(self.workdir, self.launch)
+                self._event(
+                    f"this launch: {self.launch.nnodes} nodes meet at {self.launch.endpoint} (sample/eval: port "
+                    f"+ 1); workers need its run token ({self.workdir / rendezvous.TOKEN_FILE})"
+                )
+            else:
+                for name in (rendezvous.LAUNCH_FILE, rendezvous.TOKEN_FILE):
+                    (self.workdir / name).unlink(missing_ok=True)
             self.previous = one(
                 self.db, "SELECT status, message, finished_at FROM runs WHERE id = ?", (self.run_id,)
             )

@@ -35,6 +35,7 @@ from sealong.loop.errors import (
     EXIT_CANNOT_JOIN,
     EXIT_FAILED,
     STAGE_EXIT_FATAL,
+    JoinRefused,
     RankDisagreement,
     SealongError,
 )
@@ -46,43 +47,102 @@ def check_node(cfg: Config, node_rank: int, path: str) -> None:
     d = cfg.distributed
     if d.nnodes < 2:
         raise SealongError(
-            f"{path}: distributed.nnodes is {d.nnodes}; a worker node is only needed when it is 2 or more"
+            f"{path}: distributed.nnodes is {d.nnodes} (or --nnodes, SLURM_NNODES, LWS_GROUP_SIZE); a worker "
+            "node is only needed when it is 2 or more"
         )
     if not 1 <= node_rank < d.nnodes:
-        raise SealongError(
-            f"--node-rank must be 1 … {d.nnodes - 1} (node 0 is the controller's; got {node_rank})"
+        got = (
+            "not given: --node-rank, SLURM_NODEID or LWS_WORKER_INDEX"
+            if node_rank < 0
+            else f"got {node_rank}"
         )
+        raise SealongError(f"--node-rank must be 1 … {d.nnodes - 1} (node 0 is the controller's; {got})")
 
 
-def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: bool, log=print) -> int:
-    """Join training stages until stopped; returns the exit code of the last stage with `once`.
+def serve(
+    config_path: Path,
+    node_rank: int | None,
+    scratch: Path,
+    wait_s: int,
+    once: bool,
+    log=print,
+    *,
+    endpoint: str | None = None,
+    nnodes: int | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    max_idle: int = 0,
+) -> int:
+    """Join stages until stopped; returns the exit code of the last stage with `once`.
 
-    SIGTERM or Ctrl-C stops the torchrun agent first (which stops its ranks; they also die with it), then
-    leaves with 130 (SIGINT) or 143 (SIGTERM)."""
+    Training stages: this node's torchrun agent joins node 0's at the rendezvous endpoint. Sample and eval
+    stages: engine/nodes.py `follow`, at the endpoint's port + 1. SIGTERM or Ctrl-C stops the agent or the
+    engines first, then leaves with 130 (SIGINT) or 143 (SIGTERM). max_idle > 0: leave with 0 after that
+    many seconds without a stage (a batch job's workers end once the run has)."""
+    from sealong.loop.engine import nodes, rendezvous
     from sealong.loop.engine.launch import worker_command
 
-    cfg = load_config(config_path, check_paths=False)
-    check_node(cfg, node_rank, str(config_path))
+    own = load_config(config_path, check_paths=False)
+
+    def launch_now() -> rendezvous.Launch:  # the token file is read again at each stage: a new launch
+        return rendezvous.resolve(
+            own, endpoint=endpoint, nnodes=nnodes, node_rank=node_rank, token=token, token_file=token_file
+        )
+
+    launch = launch_now()
+    if not launch.token:
+        raise SealongError(
+            "no run token: give this launch's token with SEALONG_RUN_TOKEN or --run-token-file (the "
+            "controller's is in <workdir>/run-token)"
+        )
+    cfg = rendezvous.apply(own, launch)
+    check_node(cfg, launch.node_rank, str(config_path))
     scratch.mkdir(parents=True, exist_ok=True)
     logs = scratch / "logs"
     logs.mkdir(exist_ok=True)
-    cmd = worker_command(cfg, config_path.resolve(), node_rank, scratch.resolve(), wait_s)
-    d = cfg.distributed
+    env = {"SEALONG_NNODES": str(launch.nnodes), "SEALONG_RDZV_ENDPOINT": launch.endpoint}
+    cmd = worker_command(cfg, config_path.resolve(), launch.node_rank, scratch.resolve(), wait_s)
+    d, node_rank = cfg.distributed, launch.node_rank
+    host, _, port = launch.endpoint.rpartition(":")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = quick_failures = 0
+    idle_since = time.monotonic()
     signal.signal(signal.SIGTERM, _raise_stop)
     while True:
         n += 1
         (scratch / JOINED).unlink(missing_ok=True)
         log(
-            f"node {node_rank} of {d.nnodes}: waiting up to {wait_s} s for the controller's training stage "
-            f"at {d.rdzv_endpoint}"
+            f"node {node_rank} of {d.nnodes}: waiting up to {wait_s} s for the controller's next stage at {d.rdzv_endpoint}"
         )
+        what = _wait_for_stage((host, int(port)), launch.work_endpoint, wait_s)
+        if what is None:
+            log(f"node {node_rank}: no stage started within {wait_s} s")
+            if max_idle and time.monotonic() - idle_since >= max_idle:
+                log(f"node {node_rank}: idle for {max_idle} s (--max-idle); leaving")
+                return 0
+            continue
+        if what == "work":
+            try:
+                nodes.follow(launch_now(), own.policy.model, scratch.resolve(), log)
+                rc = 0
+                log(f"node {node_rank}: finished its share of the stage")
+            except JoinRefused as e:
+                log(f"node {node_rank}: {e}")
+                return EXIT_CANNOT_JOIN
+            except Exception as e:  # noqa: BLE001 - the stage failed (node 0 says why); wait for the next
+                rc = EXIT_FAILED
+                log(f"node {node_rank}: the stage failed here: {e}")
+            idle_since = time.monotonic()
+            if once:
+                return rc
+            _wait_until_closed(f"{launch.work_endpoint[0]}:{launch.work_endpoint[1]}", 120.0)
+            continue
         log_path = logs / f"{stamp}-job-{n:04d}.log"
         t0 = time.monotonic()
         with open(log_path, "w") as out:
-            rc = _run_agent(cmd, out, scratch)
+            rc = _run_agent(cmd, out, scratch, env)
         secs = time.monotonic() - t0
+        idle_since = time.monotonic()
         if (scratch / JOINED).exists():
             quick_failures = 0
             if rc == 0:
@@ -112,14 +172,29 @@ def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: b
         time.sleep(10.0 * quick_failures)
 
 
+def _wait_for_stage(train: tuple[str, int], work: tuple[str, int], wait_s: float) -> str | None:
+    """ "train" when node 0's torchrun agent listens at the endpoint, "work" when its sample/eval stage
+    listens at port + 1; None after wait_s seconds of neither."""
+    from sealong.loop.engine.nodes import listening
+
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        if listening(*work):
+            return "work"
+        if listening(*train):
+            return "train"
+        time.sleep(0.5)
+    return None
+
+
 def _raise_stop(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run_agent(cmd: list[str], out, cwd: Path) -> int:
+def _run_agent(cmd: list[str], out, cwd: Path, env: dict[str, str]) -> int:
     # cwd: torchrun starts the ranks without -P, and a checkout's top-level `kernels/` folder would shadow
     # the `kernels` package bitsandbytes imports
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_rank_env(), cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**_rank_env(), **env}, cwd=cwd)
     try:
         return proc.wait()
     except (KeyboardInterrupt, SystemExit) as e:
@@ -184,6 +259,10 @@ def rank_main(argv: list[str] | None = None) -> int:
     stage_main._quiet_libraries()
     stage_main._contain_writes(scratch, alone=False)
     own = load_config(args.config, check_paths=False)
+    if os.environ.get("SEALONG_NNODES"):  # this launch's node count, from the worker (engine/rendezvous.py)
+        from sealong.loop.engine import rendezvous
+
+        own = rendezvous.apply(own, rendezvous.resolve(own, endpoint=os.environ.get("SEALONG_RDZV_ENDPOINT")))
     stage_main._limit_threads(own.policy.threads)
 
     from sealong.loop.stages import train
