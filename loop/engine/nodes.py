@@ -320,8 +320,9 @@ def listening(host: str, port: int) -> bool:
         return False
 
 
-def follow(launch: Launch, model: str, scratch: Path, log=print) -> int:
-    """Join one sample/eval stage as node launch.node_rank; returns the number of tasks this node did."""
+def follow(launch: Launch, model: str, scratch: Path, log=print) -> str:
+    """Join node 0's next stage as node launch.node_rank: a sample/eval stage's share, run here ("work"),
+    or the gate of a train stage ("train": the caller starts its torchrun agent)."""
     from sealong.loop.config import config_from_dict
     from sealong.loop.engine.replicas import _stop, replica_envs, visible_gpus
 
@@ -351,6 +352,8 @@ def follow(launch: Launch, model: str, scratch: Path, log=print) -> int:
             f"node rank {k} has already joined this {job['stage']} stage: is another worker started with --node-rank {k}?"
         )
     log(f"node {k}: joined the {job['stage']} stage at {host}:{port}")
+    if job["stage"] == "train":  # past the gate (engine/gate.py): torchrun's turn
+        return "train"
     stop = threading.Event()
 
     def beat() -> None:
@@ -386,9 +389,9 @@ def follow(launch: Launch, model: str, scratch: Path, log=print) -> int:
         if all(c == 0 for c in codes):
             try:
                 store.set(f"done/{k}", "1")
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - node 0 closed the store already
                 pass
-            return 0
+            return "work"
         why = store.get("abort").decode() if _safe_has(store, "abort") else f"engine exit codes {codes}"
         raise NodeLost(f"the {job['stage']} stage ended on this node: {why}")
     finally:

@@ -47,8 +47,8 @@ def check_node(cfg: Config, node_rank: int, path: str) -> None:
     d = cfg.distributed
     if d.nnodes < 2:
         raise SealongError(
-            f"{path}: distributed.nnodes is {d.nnodes} (or --nnodes, SLURM_NNODES, LWS_GROUP_SIZE); a worker "
-            "node is only needed when it is 2 or more"
+            f"{path}: distributed.nnodes is {d.nnodes}; a worker node is only needed when it is 2 or more "
+            "(this launch's count: --nnodes, SEALONG_NNODES, SLURM_NNODES or LWS_GROUP_SIZE)"
         )
     if not 1 <= node_rank < d.nnodes:
         got = (
@@ -90,20 +90,19 @@ def serve(
         )
 
     launch = launch_now()
+    cfg = rendezvous.apply(own, launch)
+    check_node(cfg, launch.node_rank, str(config_path))
     if not launch.token:
         raise SealongError(
             "no run token: give this launch's token with SEALONG_RUN_TOKEN or --run-token-file (the "
             "controller's is in <workdir>/run-token)"
         )
-    cfg = rendezvous.apply(own, launch)
-    check_node(cfg, launch.node_rank, str(config_path))
     scratch.mkdir(parents=True, exist_ok=True)
     logs = scratch / "logs"
     logs.mkdir(exist_ok=True)
     env = {"SEALONG_NNODES": str(launch.nnodes), "SEALONG_RDZV_ENDPOINT": launch.endpoint}
     cmd = worker_command(cfg, config_path.resolve(), launch.node_rank, scratch.resolve(), wait_s)
     d, node_rank = cfg.distributed, launch.node_rank
-    host, _, port = launch.endpoint.rpartition(":")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = quick_failures = 0
     idle_since = time.monotonic()
@@ -114,28 +113,28 @@ def serve(
         log(
             f"node {node_rank} of {d.nnodes}: waiting up to {wait_s} s for the controller's next stage at {d.rdzv_endpoint}"
         )
-        what = _wait_for_stage((host, int(port)), launch.work_endpoint, wait_s)
-        if what is None:
+        if not _wait_for_stage(launch.work_endpoint, wait_s):
             log(f"node {node_rank}: no stage started within {wait_s} s")
             if max_idle and time.monotonic() - idle_since >= max_idle:
                 log(f"node {node_rank}: idle for {max_idle} s (--max-idle); leaving")
                 return 0
             continue
-        if what == "work":
-            try:
-                nodes.follow(launch_now(), own.policy.model, scratch.resolve(), log)
-                rc = 0
-                log(f"node {node_rank}: finished its share of the stage")
-            except JoinRefused as e:
-                log(f"node {node_rank}: {e}")
-                return EXIT_CANNOT_JOIN
-            except Exception as e:  # noqa: BLE001 - the stage failed (node 0 says why); wait for the next
-                rc = EXIT_FAILED
-                log(f"node {node_rank}: the stage failed here: {e}")
+        work = f"{launch.work_endpoint[0]}:{launch.work_endpoint[1]}"
+        try:
+            what = nodes.follow(launch_now(), own.policy.model, scratch.resolve(), log)
+        except JoinRefused as e:
+            log(f"node {node_rank}: {e}")
+            return EXIT_CANNOT_JOIN
+        except Exception as e:  # noqa: BLE001 - the stage failed (node 0 says why); wait for the next
+            what = "failed"
+            log(f"node {node_rank}: the stage failed here: {e}")
+        if what != "train":
             idle_since = time.monotonic()
+            if what == "work":
+                log(f"node {node_rank}: finished its share of the stage")
             if once:
-                return rc
-            _wait_until_closed(f"{launch.work_endpoint[0]}:{launch.work_endpoint[1]}", 120.0)
+                return 0 if what == "work" else EXIT_FAILED
+            _wait_until_closed(work, 120.0)
             continue
         log_path = logs / f"{stamp}-job-{n:04d}.log"
         t0 = time.monotonic()
@@ -156,6 +155,7 @@ def serve(
             if once:
                 return 0 if rc == 0 else EXIT_FAILED
             _wait_until_closed(d.rdzv_endpoint, 120.0)  # never join the ended job's store
+            _wait_until_closed(work, 120.0)  # nor pass the ended stage's gate again
             continue
         if rc != 0 and _waited_in_vain(log_path):
             quick_failures = 0
@@ -172,19 +172,17 @@ def serve(
         time.sleep(10.0 * quick_failures)
 
 
-def _wait_for_stage(train: tuple[str, int], work: tuple[str, int], wait_s: float) -> str | None:
-    """ "train" when node 0's torchrun agent listens at the endpoint, "work" when its sample/eval stage
-    listens at port + 1; None after wait_s seconds of neither."""
+def _wait_for_stage(work: tuple[str, int], wait_s: float) -> bool:
+    """Whether node 0 opened a stage's work store (the rendezvous port + 1) within wait_s seconds: a
+    sample/eval stage, or the gate of a train stage (engine/gate.py)."""
     from sealong.loop.engine.nodes import listening
 
     end = time.monotonic() + wait_s
     while time.monotonic() < end:
         if listening(*work):
-            return "work"
-        if listening(*train):
-            return "train"
+            return True
         time.sleep(0.5)
-    return None
+    return False
 
 
 def _raise_stop(signum, frame) -> None:
