@@ -313,9 +313,11 @@ def _fetch_adapter(store, root: Path, a: dict):
 
 
 def listening(host: str, port: int) -> bool:
+    """Whether something listens at host:port. A connection to itself does not count: probing a local
+    port in the ephemeral range can be given that very port as its source (TCP simultaneous open)."""
     try:
-        with socket.create_connection((host, port), timeout=2.0):
-            return True
+        with socket.create_connection((host, port), timeout=2.0) as s:
+            return s.getsockname() != s.getpeername()
     except OSError:
         return False
 

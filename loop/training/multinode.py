@@ -1,4 +1,9 @@
-"""Training across nodes: the other nodes' side of a multi-node train stage.
+"""The other nodes' side of a multi-node run: `sealong-loop worker`'s loop, and one rank of a train stage.
+
+Each stage of a multi-node launch opens node 0's work store (the rendezvous port + 1): a sample or eval
+stage's (the worker runs its share there: engine/nodes.py), or a train stage's gate (engine/gate.py: the
+run token and the join timeout), after which the worker starts its torchrun agent as below. Where the
+nodes meet, how many they are and this node's rank are per launch (engine/rendezvous.py).
 
 With `distributed.nnodes = N > 1`, the controller's node is node 0: for each train stage its torchrun agent
 hosts a static rendezvous at `distributed.rdzv_endpoint` and runs global rank 0, the only rank that reads
@@ -24,7 +29,6 @@ import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -214,14 +218,11 @@ def _waited_in_vain(log_path: Path) -> bool:
 def _wait_until_closed(endpoint: str, limit_s: float) -> None:
     """Wait (bounded) until nothing listens at the rendezvous endpoint: node 0's agent of the job that
     just ended can outlive this node's by seconds, and its store would take a new agent in."""
+    from sealong.loop.engine.nodes import listening
+
     host, _, port = endpoint.rpartition(":")
     end = time.monotonic() + limit_s
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2.0):
-                pass
-        except OSError:
-            return
+    while time.monotonic() < end and listening(host, int(port)):
         time.sleep(1.0)
 
 

@@ -22,14 +22,18 @@ TOKEN = "a" * 32
 
 
 def _free_port() -> int:
-    """A port whose next one is free too (sample/eval use the rendezvous port + 1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    """A free port whose next one is free too (sample/eval use the rendezvous port + 1), below the
+    kernel's ephemeral range, from which client sockets take their source ports (as real clusters'
+    29400 is): a probe of a port inside it can connect to itself."""
+    import random
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(20000, low - 2)
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
             return port
         except OSError:
             continue
