@@ -37,7 +37,7 @@ from sealong.loop.errors import EXIT_INTERRUPTED
     type=click.IntRange(10, 86400),
     default=600,
     show_default=True,
-    help="Seconds to wait for a training stage before starting to wait again.",
+    help="Seconds to wait for a stage before saying so and waiting again.",
 )
 @click.option("--once", is_flag=True, help="Leave after one stage (exit 0 if it succeeded here).")
 @click.option(
@@ -57,7 +57,7 @@ from sealong.loop.errors import EXIT_INTERRUPTED
 @click.option(
     "--run-token-file",
     default=None,
-    help="A file holding this launch's run token (default: the SEALONG_RUN_TOKEN environment variable); "
+    help="A file holding this launch's run token (else the SEALONG_RUN_TOKEN environment variable); "
     "read again at each stage. A worker with another token is refused. Example: --run-token-file "
     "/shared/runs/demo/run-token",
 )

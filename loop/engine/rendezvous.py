@@ -9,7 +9,7 @@ this order, the first that is set:
                 · [distributed] rdzv_endpoint  (a bare host takes the config's port)
     node count  --nnodes · SEALONG_NNODES · SLURM_NNODES · LWS_GROUP_SIZE · [distributed] nnodes
     node rank   --node-rank · SEALONG_NODE_RANK · SLURM_NODEID · LWS_WORKER_INDEX   (start: always 0)
-    run token   --run-token · SEALONG_RUN_TOKEN · --run-token-file · (start only) a new random one
+    run token   --run-token-file (worker) · SEALONG_RUN_TOKEN · (start only) a new random one
 
 The controller writes the launch it resolved to <workdir>/launch.json (mode 0600), which its stage
 processes read; the run token is per launch, so a worker of another run, or of an earlier launch of this
@@ -119,12 +119,13 @@ def resolve(
             f"this node's rank is {rank_src} (from the environment): `sealong-loop start` runs on node 0 "
             f"only; on node {rank_src} run `sealong-loop worker`"
         )
-    tok = _first(token, env.get("SEALONG_RUN_TOKEN"))
+    tok = _first(token)
     if tok is None and token_file:
         try:
             tok = Path(token_file).expanduser().read_text().strip()
         except OSError as e:
             raise SealongError(f"--run-token-file {token_file}: cannot read it ({e.strerror})") from None
+    tok = _first(tok, env.get("SEALONG_RUN_TOKEN"))
     if tok is None and controller:
         tok = secrets.token_hex(16)
     return Launch(ep, n, rank, tok or "", d.join_timeout, d.heartbeat_timeout)
