@@ -62,7 +62,9 @@ def run_across_nodes(
     ctx: StageContext, launch: Launch, tasks: list[dict], write: Callable[[dict], None]
 ) -> dict[str, int]:
     """Hand out `tasks` to every node's engines, write each result as it comes; returns tasks per node."""
+    from sealong.loop.backends.models import base_model_fingerprint
     from sealong.loop.engine.replicas import _stop, replica_envs, visible_gpus
+    from sealong.loop.stages.policy import base_dir
 
     cfg = ctx.cfg
     host, port = launch.work_endpoint
@@ -78,6 +80,7 @@ def run_across_nodes(
         "nnodes": launch.nnodes,
         "tasks": len(tasks),
         "adapters": _publish_adapters(ctx, store, {t.get("adapter") for t in tasks} - {None}),
+        "base": base_model_fingerprint(base_dir(ctx)),  # every node's engines check theirs against it
     }
     for i, t in enumerate(tasks):
         store.set(f"task/{i}", json.dumps(t))
@@ -238,7 +241,7 @@ def engine_main(argv: list[str] | None = None) -> int:
 
 
 def _engine(store, args, root: Path) -> None:
-    from sealong.loop.backends.models import prepare_base_model
+    from sealong.loop.backends.models import base_model_fingerprint, prepare_base_model
     from sealong.loop.backends.sampler import make_sampler
     from sealong.loop.config import config_from_dict
     from sealong.loop.engine.stage_main import _limit_threads
@@ -256,6 +259,8 @@ def _engine(store, args, root: Path) -> None:
     with open(root / "node.lock", "w") as lock:  # one engine of this node converts, fetches; the rest wait
         fcntl.flock(lock, fcntl.LOCK_EX)
         base = prepare_base_model(cfg.policy.model, root, cfg.run.seed)
+        if job.get("base") not in (None, base_model_fingerprint(base)):
+            raise SealongError(f"its base model {base} is not node 0's: point policy.model at the same model")
         adapters = {aid: _fetch_adapter(store, root, a) for aid, a in job["adapters"].items()}
     faults.set_context(job["stage"], job["round_idx"])  # tests: SEALONG_FAULT="sample:claimed:hang"
     loaded: dict[str | None, tuple] = {}
