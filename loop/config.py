@@ -186,9 +186,9 @@ class DistributedConfig:
     rdzv_backend: Literal["static", "c10d"] = "static"
     rdzv_endpoint: str = "localhost:29400"
     rdzv_id: str = "sealong"
-    rdzv_timeout: int = (
-        600  # seconds the controller's node waits for the other nodes to join a training stage
-    )
+    rdzv_timeout: int = 600  # seconds torchrun's agents wait for each other at a training stage
+    join_timeout: int = 120  # seconds a sample/eval stage waits for every node to join (names the missing)
+    heartbeat_timeout: int = 60  # seconds without a node's heartbeat before a sample/eval stage fails
     checkpoint_every: int = 0  # optimizer steps between resumable training checkpoints (0: none)
 
     @property

@@ -230,6 +230,13 @@ def value_problems(cfg: Config) -> list[tuple[str, str, str]]:
         f"must be HOST:PORT, this node's address as the other nodes reach it (got {ds.rdzv_endpoint!r})",
     )
     need(ds.rdzv_timeout >= 1, "distributed", "rdzv_timeout", f"must be >= 1 (got {ds.rdzv_timeout})")
+    need(ds.join_timeout >= 1, "distributed", "join_timeout", f"must be >= 1 (got {ds.join_timeout})")
+    need(
+        ds.heartbeat_timeout >= 2,
+        "distributed",
+        "heartbeat_timeout",
+        f"must be >= 2 (got {ds.heartbeat_timeout}; nodes beat once a second)",
+    )
     v = cfg.vllm
     need(
         v.max_lora_rank >= cfg.train.lora_r,

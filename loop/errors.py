@@ -23,7 +23,9 @@ EXIT_BAD_INPUT = 2  # a usage mistake, a bad config or data file, a busy workdir
 EXIT_FAILED = 3  # start: the run failed (resumable); worker --once: the training stage failed on this node
 EXIT_INTEGRITY = 4  # damaged data: an adapter unlike its recorded sha256, a sealong.db that is not one
 EXIT_STOPPED = 5  # start: stopped before finishing (stop, stop --now, SIGTERM); resumable
-EXIT_CANNOT_JOIN = 6  # worker: torchrun failed before joining a training stage, 3 times (once with --once)
+EXIT_CANNOT_JOIN = (
+    6  # worker: could not join (torchrun failed 3 times, once with --once; or refused: run token)
+)
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130: Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: worker stopped by SIGTERM (start exits EXIT_STOPPED)
 
@@ -135,6 +137,21 @@ class FatalReplicaFailure(ReplicaFailed):
 
     fatal = True
     exit_code = EXIT_FAILED
+
+
+class NodeLost(SealongError):
+    """A multi-node sample/eval stage lost a node (no heartbeat, or its engines failed), or a node never
+    joined: the stage fails naming it; what the other nodes finished is kept, and a retry redoes the rest."""
+
+    fatal = False
+    exit_code = EXIT_FAILED
+
+
+class JoinRefused(SealongError):
+    """A worker's run token is not the launch's (another run, or an earlier launch of this one)."""
+
+    fatal = True
+    exit_code = EXIT_CANNOT_JOIN
 
 
 class RankDisagreement(RuntimeError):

@@ -14,6 +14,7 @@ Points reached inside a stage process (<stage> = the stage's name):
     mark-done      inside the stage's last transaction, before its COMMIT
     after-commit   the stage is recorded done; its process has not exited yet
     loss           train only, each micro-batch's loss; @<n> picks the n-th (actions nan, inf)
+    claimed        sample/eval across nodes (engine/nodes.py): an engine, on any node, has claimed questions
 Points reached in the controller (<stage> = the stage launched or finished; `round` for the round):
     launched       the stage process was started and recorded as running
     child-exited   the stage process exited; the controller has not read its outcome yet

@@ -49,8 +49,30 @@ from sealong.loop.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STOPPED, Sea
     is_flag=True,
     help="Print progress as plain lines instead of the live view (the default off a terminal).",
 )
+@click.option(
+    "--rdzv-endpoint",
+    default=None,
+    metavar="HOST:PORT",
+    help="Multi-node: this node's address as the others reach it, for this launch only (default: "
+    "SEALONG_RDZV_ENDPOINT, MASTER_ADDR:MASTER_PORT, LWS_LEADER_ADDRESS, else [distributed] rdzv_endpoint). "
+    "Sample/eval also use PORT + 1. Example: --rdzv-endpoint node017:29400",
+)
+@click.option(
+    "--nnodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Multi-node: nodes in this launch (default: SEALONG_NNODES, SLURM_NNODES, LWS_GROUP_SIZE, else "
+    "[distributed] nnodes); a resumed run may change it. The run token is SEALONG_RUN_TOKEN, else a new "
+    "one in WORKDIR/run-token. Example: --nnodes 1 (resume on this node alone)",
+)
 def start_command(
-    config_path: str | None, workdir: str | None, max_rounds: int | None, detach: bool, plain: bool
+    config_path: str | None,
+    workdir: str | None,
+    max_rounds: int | None,
+    detach: bool,
+    plain: bool,
+    rdzv_endpoint: str | None = None,
+    nnodes: int | None = None,
 ) -> None:
     """Start a run, or resume the run in WORKDIR at its first unfinished stage.
 
@@ -82,18 +104,26 @@ def start_command(
 
         questions = questions_for(cfg)
     if detach:
-        _detach(config_path, wd, max_rounds)
+        _detach(config_path, wd, max_rounds, rdzv_endpoint, nnodes)
         return
     db = connect(wd)
     if cfg is None:
         cfg = load_stored_config(db, wd)
     check_config_matches(db, cfg, wd)  # before any output: a refusal is the only thing printed
+    from sealong.loop.engine import rendezvous
+
+    launch = rendezvous.resolve(cfg, endpoint=rdzv_endpoint, nnodes=nnodes, controller=True)
     console = common.console()
     live_view = console.is_terminal and not plain
     ui = LiveUI(wd, console) if live_view else PlainUI(wd, console)
     source = "its stored config" if cfg.source_path == "<stored>" else f"config {cfg.source_path}"
     console.print(f"sealong-loop: run '{cfg.run.name}' in {wd}  ({source})")
-    controller = Controller(wd, cfg, max_rounds, on_tick=ui.tick)
+    if launch.nnodes > 1:
+        console.print(
+            f"sealong-loop: {launch.nnodes} nodes meet at {launch.endpoint}; workers: sealong-loop worker "
+            f"--node-rank K --rdzv-endpoint {launch.endpoint} --run-token-file {wd / rendezvous.TOKEN_FILE}"
+        )
+    controller = Controller(wd, cfg, max_rounds, on_tick=ui.tick, launch=launch)
     controller.questions = questions
     with ui:
         status = controller.run()
@@ -118,13 +148,17 @@ def start_command(
         sys.exit(EXIT_INTERRUPTED if controller.stop_signal == signal.SIGINT else EXIT_STOPPED)
 
 
-def _detach(config_path: str | None, wd: Path, max_rounds: int | None) -> None:
+def _detach(
+    config_path: str | None, wd: Path, max_rounds: int | None, endpoint: str | None, nnodes: int | None
+) -> None:
     wd.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-P", "-m", "sealong.loop.cli", "start", "--workdir", str(wd), "--plain"]
     if config_path:
         cmd += ["--config", str(Path(config_path).resolve())]
     if max_rounds is not None:
         cmd += ["--max-rounds", str(max_rounds)]
+    cmd += ["--rdzv-endpoint", endpoint] if endpoint else []
+    cmd += ["--nnodes", str(nnodes)] if nnodes else []
     log = open(wd / "controller.log", "ab")
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

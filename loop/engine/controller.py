@@ -31,8 +31,10 @@ from pathlib import Path
 
 import sqlite_utils
 from sealong.loop.config import Config
+from sealong.loop.engine import rendezvous
 from sealong.loop.engine.intake import Intake, choose_questions, record_round, trained, waiting_message
 from sealong.loop.engine.launch import stage_command
+from sealong.loop.engine.rendezvous import Launch
 from sealong.loop.engine.stage_main import exit_code_file
 from sealong.loop.engine.workdir import WorkdirLock, ensure_run
 from sealong.loop.errors import (
@@ -85,9 +87,12 @@ class Controller:
         max_rounds: int | None = None,
         on_tick: Callable[[], None] = lambda: None,
         tick_seconds: float = 0.5,
+        launch: Launch | None = None,
     ):
         self.workdir = Path(workdir).resolve()
-        self.cfg = cfg
+        # where the nodes meet is per launch (engine/rendezvous.py): the stored config's is only a default
+        self.launch = launch or rendezvous.resolve(cfg, controller=True)
+        self.cfg = rendezvous.apply(cfg, self.launch)
         self.max_rounds = max_rounds
         self.on_tick = on_tick
         self.tick_seconds = tick_seconds
@@ -115,6 +120,9 @@ class Controller:
             self.db = connect(self.workdir)
             self.run_id = ensure_run(self.db, self.cfg, self.workdir, self.max_rounds, self.questions)
             self.intake = Intake(self.cfg, self.run_id)
+            where = rendezvous.publish(self.workdir, self.launch)
+            if where:
+                self._event(where)
             self.previous = one(
                 self.db, "SELECT status, message, finished_at FROM runs WHERE id = ?", (self.run_id,)
             )

@@ -6,7 +6,8 @@ the config's distributed world size is above 1 (one process per GPU; rank 0 reco
 Across nodes (distributed.nnodes > 1) the controller's node is node 0 of a static rendezvous: its
 torchrun agent hosts the store at distributed.rdzv_endpoint, so global rank 0, the only rank that reads
 the store and writes files, runs next to the controller. Each other node runs `sealong-loop worker
---node-rank K` (sealong.loop.training.multinode), which starts the same torchrun job from its side (`worker_command`).
+--node-rank K` (sealong.loop.training.multinode), which starts the same torchrun job from its side (`worker_command`)
+once it has passed node 0's gate (engine/gate.py: the run token, the join timeout).
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ import sys
 from pathlib import Path
 
 from sealong.loop.config import Config
+from sealong.loop.engine import rendezvous
+from sealong.loop.engine.gate import gate_command
 
 
 def stage_command(cfg: Config, stage: str, workdir: Path, stage_id: int) -> list[str]:
     args = ["--workdir", str(workdir), "--stage-id", str(stage_id), "--parent-pid", str(os.getpid())]
     d = cfg.distributed
     if stage == "train" and d.world_size > 1:
-        return torchrun(cfg, node_rank=0, rdzv_timeout=d.rdzv_timeout) + [
+        cmd = torchrun(cfg, node_rank=0, rdzv_timeout=d.rdzv_timeout) + [
             "-m",
             "sealong.loop.engine.stage_main",
             *args,
         ]
+        launch = rendezvous.read(workdir) if d.nnodes > 1 else None
+        return gate_command(launch, workdir, stage_id, cmd) if launch else cmd
     return [sys.executable, "-P", "-m", "sealong.loop.engine.stage_main", *args]
 
 

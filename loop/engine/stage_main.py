@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     replica = args.replica is not None
 
     from sealong.loop.config import config_from_dict
+    from sealong.loop.engine import rendezvous
     from sealong.loop.stages.base import StageContext
     from sealong.loop.stages.registry import stage_spec
     from sealong.store import faults, state
@@ -192,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     rnd = one(db, "SELECT * FROM rounds WHERE id = ?", (stage["round_id"],))
     run = one(db, "SELECT * FROM runs WHERE id = ?", (rnd["run_id"],))
     cfg = config_from_dict(json.loads(run["config_json"]), f"{workdir}/config.toml")
+    launch = rendezvous.read(workdir)
+    if launch is not None:  # this launch's endpoint and node count, not the stored ones
+        cfg = rendezvous.apply(cfg, launch)
     _limit_threads(cfg.policy.threads)
     ctx = StageContext(
         db=db,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 from sealong.loop.config import Config, config_from_dict, dump_config_toml
+from sealong.loop.engine.rendezvous import LAUNCH_KEYS
 from sealong.loop.errors import (
     DataError,
     SealongError,
@@ -161,7 +162,12 @@ def check_config_matches(db: sqlite_utils.Database, cfg: Config, workdir: Path) 
     if cfg.source_path == "<stored>":
         return stored
     old = stored.to_dict()
-    diff = [f"[{s}] {k}" for s, sec in cfg.to_dict().items() for k, v in sec.items() if old[s][k] != v]
+    diff = [
+        f"[{s}] {k}"
+        for s, sec in cfg.to_dict().items()
+        for k, v in sec.items()
+        if old[s][k] != v and k not in LAUNCH_KEYS.get(s, ())  # where the nodes meet: per launch
+    ]
     if diff:
         rounds_hint = (
             "; to change the number of rounds, resume without --config and with --max-rounds N"

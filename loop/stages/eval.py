@@ -15,6 +15,8 @@ import os
 import time
 from collections.abc import Callable
 
+from sealong.loop.engine import rendezvous
+from sealong.loop.engine.nodes import run_across_nodes
 from sealong.loop.engine.replicas import run_replicas, share
 from sealong.loop.errors import SealongError
 from sealong.loop.recipe.metrics import subem
@@ -123,7 +125,22 @@ def run(ctx: StageContext) -> None:
     questions, models = _eval_questions(ctx), _models(ctx)
     ids, total = {q["id"] for q in questions}, len(questions) * len(models)
     left = sum(len(_missing(ctx, key, ids)) for key, _ in models)
-    if ctx.cfg.sample.replicas > 1 and left:
+    launch, nodes = rendezvous.read(ctx.workdir), None
+    if launch and launch.nnodes > 1 and left:
+        base_dir(ctx)  # converted once, here, before this node's engines read it
+        missing = {key: _missing(ctx, key, ids) for key, _ in models}
+        tasks = [
+            {
+                "q": {k: q[k] for k in ("id", "context", "question", "task", "answers_json")},
+                "model": key,
+                "adapter": adapter,
+            }
+            for key, adapter in models
+            for q in sorted(questions, key=lambda q: -q["n_tokens"])  # longest first
+            if q["id"] in missing[key]
+        ]
+        nodes = run_across_nodes(ctx, launch, tasks, lambda r: write_result(ctx, r))
+    elif ctx.cfg.sample.replicas > 1 and left:
         base_dir(ctx)  # converted once, here, before the replicas read it
         run_replicas(ctx, lambda: _poll(ctx, models, total))
     else:
@@ -145,7 +162,49 @@ def run(ctx: StageContext) -> None:
     results = {key: model_summary(ctx, key) for key, _ in models}
     with Transaction(ctx.db):
         ctx.progress(total, total, "questions", force=True)
-        ctx.mark_done({"models": results})
+        ctx.mark_done({"models": results, **({"nodes": nodes} if nodes else {})})
+
+
+def claim_step(cfg, sampler) -> int:
+    return max(sampler.chunk, cfg.eval.batch_size)
+
+
+def compute_tasks(cfg, round_idx: int, policy: Callable, tasks: list[dict]) -> list[dict]:
+    """Across nodes, on any node: greedy answers, one model's tasks per batch (the base, then the candidate)."""
+    out = []
+    for adapter in dict.fromkeys(t["adapter"] for t in tasks):
+        mine = [t for t in tasks if t["adapter"] == adapter]
+        sampler, tok = policy(adapter)
+        prompts = [
+            build_prompt(
+                tok, t["q"]["context"], t["q"]["question"], cfg.sample.instruction, sampler.prompt_budget
+            )
+            for t in mine
+        ]
+        outs = sampler.greedy([p.input_ids for p in prompts], cfg.eval.max_new_tokens)
+        for t, p, o in zip(mine, prompts, outs):
+            q = t["q"]
+            score = subem(o.text, json.loads(q["answers_json"]), q["task"])
+            out.append(
+                {
+                    "id": q["id"],
+                    "model": t["model"],
+                    "row": [q["task"], o.text, o.n_tokens, score, len(p.input_ids), int(p.truncated)],
+                }
+            )
+    order = {(t["model"], t["q"]["id"]): i for i, t in enumerate(tasks)}
+    return sorted(out, key=lambda r: order[(r["model"], r["id"])])
+
+
+def write_result(ctx: StageContext, r: dict) -> None:
+    """One answer from any node, replacing whatever a failed attempt left: never doubled."""
+    with Transaction(ctx.db):
+        ctx.db.execute("DELETE FROM evals WHERE model_key = ? AND question_id = ?", (r["model"], r["id"]))
+        ctx.db.execute(
+            "INSERT INTO evals (model_key, round_id, question_id, task, output, n_tokens, subem, prompt_tokens, "
+            "truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r["model"], ctx.round_id, r["id"], *r["row"]),
+        )
 
 
 def run_replica(ctx: StageContext, replica: int, replicas: int) -> None:

@@ -14,6 +14,8 @@ import time
 import zlib
 from collections.abc import Callable
 
+from sealong.loop.engine import rendezvous
+from sealong.loop.engine.nodes import run_across_nodes
 from sealong.loop.engine.replicas import ENV as REPLICA_ENV
 from sealong.loop.engine.replicas import run_replicas, share
 from sealong.loop.errors import SealongError
@@ -30,8 +32,11 @@ def question_seed(run_seed: int, round_idx: int, question_id: str) -> int:
 
 def run(ctx: StageContext) -> None:
     cfg, questions, t0 = ctx.cfg, ctx.round_questions(), time.monotonic()
-    tokens0 = _tokens(ctx)
-    if cfg.sample.replicas > 1 and _work_left(ctx, questions):
+    tokens0, launch, nodes = _tokens(ctx), rendezvous.read(ctx.workdir), None
+    if launch and launch.nnodes > 1 and _work_left(ctx, questions):
+        base_dir(ctx)  # converted once, here, before this node's engines read it
+        nodes = run_across_nodes(ctx, launch, _tasks(ctx, questions), lambda r: write_result(ctx, r))
+    elif cfg.sample.replicas > 1 and _work_left(ctx, questions):
         base_dir(ctx)  # converted once, here, before the replicas read it
         run_replicas(ctx, lambda: _poll(ctx, questions, tokens0, t0))
     else:
@@ -58,8 +63,79 @@ def run(ctx: StageContext) -> None:
                 "generated_tokens": _tokens(ctx) - tokens0,
                 "backend": cfg.sample.backend,
                 "replicas": cfg.sample.replicas,
+                **({"nodes": nodes} if nodes else {}),  # questions each node sampled in this attempt
             }
         )
+
+
+def _tasks(ctx: StageContext, questions: list[dict]) -> list[dict]:
+    """Across nodes: one task per question that lacks its samples or its greedy answer, longest first."""
+    have, greedy = _have(ctx), {q["id"] for q in _greedy_todo(ctx, questions)}
+    diag = ctx.cfg.sample.greedy_diagnostics
+    tasks = [
+        {
+            "q": {k: q[k] for k in ("id", "context", "question")},
+            "adapter": ctx.round["policy_adapter_id"],
+            "samples": len(have.get(q["id"], [])) < ctx.cfg.sample.n,
+            "greedy": diag and q["id"] in greedy,
+        }
+        for q in sorted(questions, key=lambda q: -q["n_tokens"])
+    ]
+    return [t for t in tasks if t["samples"] or t["greedy"]]
+
+
+def claim_step(cfg, sampler) -> int:
+    return sampler.chunk
+
+
+def compute_tasks(cfg, round_idx: int, policy: Callable, tasks: list[dict]) -> list[dict]:
+    """Across nodes, on any node: each task's rows (seeded per question, so whichever node runs it)."""
+    sampler, tok = policy(tasks[0]["adapter"])
+    prompts = [
+        build_prompt(
+            tok, t["q"]["context"], t["q"]["question"], cfg.sample.instruction, sampler.prompt_budget
+        )
+        for t in tasks
+    ]
+    out = [{"id": t["q"]["id"], "samples": None, "greedy": None} for t in tasks]
+    todo = [i for i, t in enumerate(tasks) if t["samples"]]
+    seeds = [question_seed(cfg.run.seed, round_idx, tasks[i]["q"]["id"]) for i in todo]
+    for i, seed, comps in zip(
+        todo, seeds, sampler.sample([prompts[i].input_ids for i in todo], seeds) if todo else []
+    ):
+        p = prompts[i]
+        out[i]["samples"] = [
+            [k, o.text, o.n_tokens, len(p.input_ids), int(p.truncated), seed] for k, o in enumerate(comps)
+        ]
+    todo = [i for i, t in enumerate(tasks) if t["greedy"]]
+    if todo:
+        for i, o in zip(
+            todo, sampler.greedy([prompts[i].input_ids for i in todo], cfg.sample.max_new_tokens)
+        ):
+            out[i]["greedy"] = [o.text, o.n_tokens]
+    return out
+
+
+def write_result(ctx: StageContext, r: dict) -> None:
+    """One question's rows from any node, replacing whatever a failed attempt left: never doubled."""
+    with Transaction(ctx.db):
+        if r["samples"] is not None:
+            ctx.db.execute(
+                "DELETE FROM samples WHERE round_id = ? AND question_id = ?", (ctx.round_id, r["id"])
+            )
+            ctx.db.conn.executemany(
+                "INSERT INTO samples (round_id, question_id, sample_idx, text, n_tokens, prompt_tokens, truncated, seed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(ctx.round_id, r["id"], *row) for row in r["samples"]],
+            )
+        if r["greedy"] is not None:
+            ctx.db.execute(
+                "DELETE FROM greedy WHERE round_id = ? AND question_id = ?", (ctx.round_id, r["id"])
+            )
+            ctx.db.execute(
+                "INSERT INTO greedy (round_id, question_id, text, n_tokens) VALUES (?, ?, ?, ?)",
+                (ctx.round_id, r["id"], *r["greedy"]),
+            )
 
 
 def run_replica(ctx: StageContext, replica: int, replicas: int) -> None:

@@ -1,4 +1,9 @@
-"""Training across nodes: the other nodes' side of a multi-node train stage.
+"""The other nodes' side of a multi-node run: `sealong-loop worker`'s loop, and one rank of a train stage.
+
+Each stage of a multi-node launch opens node 0's work store (the rendezvous port + 1): a sample or eval
+stage's (the worker runs its share there: engine/nodes.py), or a train stage's gate (engine/gate.py: the
+run token and the join timeout), after which the worker starts its torchrun agent as below. Where the
+nodes meet, how many they are and this node's rank are per launch (engine/rendezvous.py).
 
 With `distributed.nnodes = N > 1`, the controller's node is node 0: for each train stage its torchrun agent
 hosts a static rendezvous at `distributed.rdzv_endpoint` and runs global rank 0, the only rank that reads
@@ -24,7 +29,6 @@ import fcntl
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +39,7 @@ from sealong.loop.errors import (
     EXIT_CANNOT_JOIN,
     EXIT_FAILED,
     STAGE_EXIT_FATAL,
+    JoinRefused,
     RankDisagreement,
     SealongError,
 )
@@ -46,43 +51,101 @@ def check_node(cfg: Config, node_rank: int, path: str) -> None:
     d = cfg.distributed
     if d.nnodes < 2:
         raise SealongError(
-            f"{path}: distributed.nnodes is {d.nnodes}; a worker node is only needed when it is 2 or more"
+            f"{path}: distributed.nnodes is {d.nnodes}; a worker node is only needed when it is 2 or more "
+            "(this launch's count: --nnodes, SEALONG_NNODES, SLURM_NNODES or LWS_GROUP_SIZE)"
         )
     if not 1 <= node_rank < d.nnodes:
-        raise SealongError(
-            f"--node-rank must be 1 … {d.nnodes - 1} (node 0 is the controller's; got {node_rank})"
+        got = (
+            "not given: --node-rank, SLURM_NODEID or LWS_WORKER_INDEX"
+            if node_rank < 0
+            else f"got {node_rank}"
         )
+        raise SealongError(f"--node-rank must be 1 … {d.nnodes - 1} (node 0 is the controller's; {got})")
 
 
-def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: bool, log=print) -> int:
-    """Join training stages until stopped; returns the exit code of the last stage with `once`.
+def serve(
+    config_path: Path,
+    node_rank: int | None,
+    scratch: Path,
+    wait_s: int,
+    once: bool,
+    log=print,
+    *,
+    endpoint: str | None = None,
+    nnodes: int | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
+    max_idle: int = 0,
+) -> int:
+    """Join stages until stopped; returns the exit code of the last stage with `once`.
 
-    SIGTERM or Ctrl-C stops the torchrun agent first (which stops its ranks; they also die with it), then
-    leaves with 130 (SIGINT) or 143 (SIGTERM)."""
+    Training stages: this node's torchrun agent joins node 0's at the rendezvous endpoint. Sample and eval
+    stages: engine/nodes.py `follow`, at the endpoint's port + 1. SIGTERM or Ctrl-C stops the agent or the
+    engines first, then leaves with 130 (SIGINT) or 143 (SIGTERM). max_idle > 0: leave with 0 after that
+    many seconds without a stage (a batch job's workers end once the run has)."""
+    from sealong.loop.engine import nodes, rendezvous
     from sealong.loop.engine.launch import worker_command
 
-    cfg = load_config(config_path, check_paths=False)
-    check_node(cfg, node_rank, str(config_path))
+    own = load_config(config_path, check_paths=False)
+
+    def launch_now() -> rendezvous.Launch:  # the token file is read again at each stage: a new launch
+        return rendezvous.resolve(
+            own, endpoint=endpoint, nnodes=nnodes, node_rank=node_rank, token=token, token_file=token_file
+        )
+
+    launch = launch_now()
+    cfg = rendezvous.apply(own, launch)
+    check_node(cfg, launch.node_rank, str(config_path))
+    if not launch.token:
+        raise SealongError(
+            "no run token: give this launch's token with SEALONG_RUN_TOKEN or --run-token-file (the "
+            "controller's is in <workdir>/run-token)"
+        )
     scratch.mkdir(parents=True, exist_ok=True)
     logs = scratch / "logs"
     logs.mkdir(exist_ok=True)
-    cmd = worker_command(cfg, config_path.resolve(), node_rank, scratch.resolve(), wait_s)
-    d = cfg.distributed
+    env = {"SEALONG_NNODES": str(launch.nnodes), "SEALONG_RDZV_ENDPOINT": launch.endpoint}
+    cmd = worker_command(cfg, config_path.resolve(), launch.node_rank, scratch.resolve(), wait_s)
+    d, node_rank = cfg.distributed, launch.node_rank
     stamp = time.strftime("%Y%m%d-%H%M%S")
     n = quick_failures = 0
+    idle_since = time.monotonic()
     signal.signal(signal.SIGTERM, _raise_stop)
     while True:
         n += 1
         (scratch / JOINED).unlink(missing_ok=True)
         log(
-            f"node {node_rank} of {d.nnodes}: waiting up to {wait_s} s for the controller's training stage "
-            f"at {d.rdzv_endpoint}"
+            f"node {node_rank} of {d.nnodes}: waiting up to {wait_s} s for the controller's next stage at {d.rdzv_endpoint}"
         )
+        if not _wait_for_stage(launch.work_endpoint, wait_s):
+            log(f"node {node_rank}: no stage started within {wait_s} s")
+            if max_idle and time.monotonic() - idle_since >= max_idle:
+                log(f"node {node_rank}: idle for {max_idle} s (--max-idle); leaving")
+                return 0
+            continue
+        work = f"{launch.work_endpoint[0]}:{launch.work_endpoint[1]}"
+        try:
+            what = nodes.follow(launch_now(), own.policy.model, scratch.resolve(), log)
+        except JoinRefused as e:
+            log(f"node {node_rank}: {e}")
+            return EXIT_CANNOT_JOIN
+        except Exception as e:  # noqa: BLE001 - the stage failed (node 0 says why); wait for the next
+            what = "failed"
+            log(f"node {node_rank}: the stage failed here: {e}")
+        if what != "train":
+            idle_since = time.monotonic()
+            if what == "work":
+                log(f"node {node_rank}: finished its share of the stage")
+            if once:
+                return 0 if what == "work" else EXIT_FAILED
+            _wait_until_closed(work, 120.0)
+            continue
         log_path = logs / f"{stamp}-job-{n:04d}.log"
         t0 = time.monotonic()
         with open(log_path, "w") as out:
-            rc = _run_agent(cmd, out, scratch)
+            rc = _run_agent(cmd, out, scratch, env)
         secs = time.monotonic() - t0
+        idle_since = time.monotonic()
         if (scratch / JOINED).exists():
             quick_failures = 0
             if rc == 0:
@@ -96,6 +159,7 @@ def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: b
             if once:
                 return 0 if rc == 0 else EXIT_FAILED
             _wait_until_closed(d.rdzv_endpoint, 120.0)  # never join the ended job's store
+            _wait_until_closed(work, 120.0)  # nor pass the ended stage's gate again
             continue
         if rc != 0 and _waited_in_vain(log_path):
             quick_failures = 0
@@ -112,14 +176,27 @@ def serve(config_path: Path, node_rank: int, scratch: Path, wait_s: int, once: b
         time.sleep(10.0 * quick_failures)
 
 
+def _wait_for_stage(work: tuple[str, int], wait_s: float) -> bool:
+    """Whether node 0 opened a stage's work store (the rendezvous port + 1) within wait_s seconds: a
+    sample/eval stage, or the gate of a train stage (engine/gate.py)."""
+    from sealong.loop.engine.nodes import listening
+
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end:
+        if listening(*work):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _raise_stop(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run_agent(cmd: list[str], out, cwd: Path) -> int:
+def _run_agent(cmd: list[str], out, cwd: Path, env: dict[str, str]) -> int:
     # cwd: torchrun starts the ranks without -P, and a checkout's top-level `kernels/` folder would shadow
     # the `kernels` package bitsandbytes imports
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_rank_env(), cwd=cwd)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**_rank_env(), **env}, cwd=cwd)
     try:
         return proc.wait()
     except (KeyboardInterrupt, SystemExit) as e:
@@ -141,14 +218,11 @@ def _waited_in_vain(log_path: Path) -> bool:
 def _wait_until_closed(endpoint: str, limit_s: float) -> None:
     """Wait (bounded) until nothing listens at the rendezvous endpoint: node 0's agent of the job that
     just ended can outlive this node's by seconds, and its store would take a new agent in."""
+    from sealong.loop.engine.nodes import listening
+
     host, _, port = endpoint.rpartition(":")
     end = time.monotonic() + limit_s
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection((host, int(port)), timeout=2.0):
-                pass
-        except OSError:
-            return
+    while time.monotonic() < end and listening(host, int(port)):
         time.sleep(1.0)
 
 
@@ -184,6 +258,10 @@ def rank_main(argv: list[str] | None = None) -> int:
     stage_main._quiet_libraries()
     stage_main._contain_writes(scratch, alone=False)
     own = load_config(args.config, check_paths=False)
+    if os.environ.get("SEALONG_NNODES"):  # this launch's node count, from the worker (engine/rendezvous.py)
+        from sealong.loop.engine import rendezvous
+
+        own = rendezvous.apply(own, rendezvous.resolve(own, endpoint=os.environ.get("SEALONG_RDZV_ENDPOINT")))
     stage_main._limit_threads(own.policy.threads)
 
     from sealong.loop.stages import train

@@ -15,6 +15,7 @@ import pytest
 from sealong.loop import errors
 from sealong.loop.errors import (
     EXIT_BAD_INPUT,
+    EXIT_CANNOT_JOIN,
     EXIT_FAILED,
     EXIT_INTEGRITY,
     EXIT_INTERRUPTED,
@@ -42,6 +43,8 @@ DECISIONS = {
     "ReplicaFailed": (False, EXIT_FAILED),
     "FatalReplicaFailure": (True, EXIT_FAILED),
     "RankDisagreement": (False, EXIT_FAILED),
+    "NodeLost": (False, EXIT_FAILED),
+    "JoinRefused": (True, EXIT_CANNOT_JOIN),
 }
 
 

@@ -103,6 +103,8 @@ def test_train_stage_under_torchrun_on_one_node_and_across_two(tmp_path: Path):
     ranks on two "nodes": node 1 is `sealong-loop worker`, with its own scratch directory and no workdir.
     The ranks compute the same things in the same order, so the adapters are equal."""
     import json
+    import os
+    import signal
     import subprocess
 
     from safetensors.torch import load_file
@@ -134,21 +136,22 @@ def test_train_stage_under_torchrun_on_one_node_and_across_two(tmp_path: Path):
         train={"loss": "fused"},
     )
     scratch = tmp_path / "node1"
+    token = {"SEALONG_RUN_TOKEN": "t" * 32}  # this launch's (engine/rendezvous.py)
     worker = subprocess.Popen(
-        [*CLI, "worker", "--config", str(two), "--node-rank", "1", "--scratch", str(scratch), "--once"],
+        [*CLI, "worker", "--config", str(two), "--node-rank", "1", "--scratch", str(scratch)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **token},
     )
     try:
         wd2 = tmp_path / "run-two-nodes"
-        proc = cli("start", "--config", str(two), "--workdir", str(wd2), check=True)
+        proc = cli("start", "--config", str(two), "--workdir", str(wd2), check=True, env=token)
         assert "finished: 1 round(s) done" in proc.stdout
-        said, _ = worker.communicate(timeout=120)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-    assert worker.returncode == 0 and "node 1: trained with the controller" in said, said
+        worker.send_signal(signal.SIGTERM)  # it would wait for the next stage (sample and eval: both nodes)
+        said, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 143 and "node 1: trained with the controller" in said, said
     assert (scratch / "models" / "base" / "config.json").is_file()  # its own base, not the workdir's
     a = load_file(wd / "adapters" / "adapter-r000" / "adapter_model.safetensors")
     b = load_file(wd2 / "adapters" / "adapter-r000" / "adapter_model.safetensors")
