@@ -248,6 +248,7 @@ def _engine(store, args, root: Path) -> None:
     from sealong.loop.stages import eval as eval_stage
     from sealong.loop.stages import sample as sample_stage
     from sealong.store import faults
+    from sealong.store.artifacts import verify_adapter
 
     job = json.loads(store.get("job"))
     raw = job["cfg"]
@@ -261,16 +262,22 @@ def _engine(store, args, root: Path) -> None:
         base = prepare_base_model(cfg.policy.model, root, cfg.run.seed)
         if job.get("base") not in (None, base_model_fingerprint(base)):
             raise SealongError(f"its base model {base} is not node 0's: point policy.model at the same model")
-        adapters = {aid: _fetch_adapter(store, root, a) for aid, a in job["adapters"].items()}
+        for a in job["adapters"].values():
+            _fetch_adapter(store, root, a)
     faults.set_context(job["stage"], job["round_idx"])  # tests: SEALONG_FAULT="sample:claimed:hang"
     loaded: dict[str | None, tuple] = {}
 
     def policy(adapter_id: str | None):
         if adapter_id not in loaded:
             loaded.clear()  # one policy at a time (eval: the base, then the candidate)
-            sha = job["adapters"][adapter_id]["sha256"] if adapter_id else None
-            loaded[adapter_id] = make_sampler(
-                cfg, base, adapter_id, adapters.get(adapter_id), sha, cfg.run.seed + job["round_idx"]
+            rec = job["adapters"][adapter_id] if adapter_id else None
+            loaded[adapter_id] = make_sampler(  # verified again right before it is loaded
+                cfg,
+                base,
+                adapter_id,
+                verify_adapter(root, rec) if rec else None,
+                rec["sha256"] if rec else None,
+                cfg.run.seed + job["round_idx"],
             )
         return loaded[adapter_id]
 
