@@ -148,6 +148,10 @@ def _run_arm(
             raise SealongError(f"{arm_wd} holds a run with selection {cfg.pairs.selection}, not {arm}")
     console.print(f"[bold]arm {arm}[/bold]: up to round {upto} of {plan.rounds}  ({arm_wd})")
     ui = LiveUI(arm_wd, console) if (console.is_terminal and not plain) else PlainUI(arm_wd, console)
+    if questions is None:  # a resumed arm: its earlier rounds' events were printed when they happened
+        ui.last_event = (
+            connect(arm_wd, readonly=True).execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+        )
     controller = Controller(arm_wd, cfg, upto, on_tick=ui.tick)
     controller.questions = questions
     with ui:

@@ -86,7 +86,9 @@ def test_report_only_needs_an_ablation(tmp_path: Path):
 
 @pytest.mark.slow
 def test_more_rounds_interleave_the_arms(ablation_dir: Path):
-    cli("ablate", "--workdir", str(ablation_dir), "--rounds", "2", "--plain", check=True, timeout=900)
+    proc = cli("ablate", "--workdir", str(ablation_dir), "--rounds", "2", "--plain", check=True, timeout=900)
+    assert "round 0 started" not in proc.stdout  # a resumed arm prints only its new events
+    assert proc.stdout.count("round 1 started") == 2
     starts = []
     for arm in ARMS:
         rs = rows(_db(ablation_dir, arm), "SELECT idx, started_at FROM rounds ORDER BY idx")
