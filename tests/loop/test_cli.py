@@ -74,7 +74,7 @@ def test_doctor_exit_code_says_whether_a_config_can_run_here(monkeypatch):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["start", "--max-rounds", "0"], "Invalid value for '--max-rounds'"),
+        (["start", "--max-rounds", "-1"], "Invalid value for '--max-rounds'"),
         (["status", "--interval", "abc"], "Invalid value for '--interval'"),
         (["frobnicate"], "No such command 'frobnicate'"),
     ],
