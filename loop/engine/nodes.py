@@ -270,15 +270,9 @@ def _engine(store, args, root: Path) -> None:
     def policy(adapter_id: str | None):
         if adapter_id not in loaded:
             loaded.clear()  # one policy at a time (eval: the base, then the candidate)
-            rec = job["adapters"][adapter_id] if adapter_id else None
-            loaded[adapter_id] = make_sampler(  # verified again right before it is loaded
-                cfg,
-                base,
-                adapter_id,
-                verify_adapter(root, rec) if rec else None,
-                rec["sha256"] if rec else None,
-                cfg.run.seed + job["round_idx"],
-            )
+            rec, seed = job["adapters"][adapter_id] if adapter_id else None, cfg.run.seed + job["round_idx"]
+            verified = verify_adapter(root, rec) if rec else None  # again, right before it is loaded
+            loaded[adapter_id] = make_sampler(cfg, base, adapter_id, verified, rec and rec["sha256"], seed)
         return loaded[adapter_id]
 
     n = job["tasks"]
