@@ -7,6 +7,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,19 @@ def cli(
             f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+def wait_for(pred, timeout: float, what: str = "condition", every: float = 0.2):
+    """pred()'s first truthy value within `timeout` seconds (exceptions count as not yet: a database may be
+    mid-creation), else AssertionError naming `what`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(Exception):
+            value = pred()
+            if value:
+                return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager

@@ -88,6 +88,7 @@ def ablate_command(
         plan = ablation.check_resume(plan, arm_list, rounds, base)
     wd.mkdir(parents=True, exist_ok=True)
     from sealong.store.artifacts import atomic_write_text
+    from sealong.store.db import db_path
 
     atomic_write_text(wd / ablation.PLAN, json.dumps(plan.to_dict(), indent=2) + "\n")
     console = common.console()
@@ -95,7 +96,10 @@ def ablate_command(
         f"sealong-loop ablate: arms {', '.join(plan.arms)}; {plan.rounds} round(s) each; base config "
         f"{plan.base_config}; in {wd}"
     )
-    base = base or _base_from_arms(wd, plan) or load_config(plan.base_config)
+    if base is None and not all(db_path(wd / a).exists() for a in plan.arms):
+        base = load_config(
+            plan.base_config
+        )  # resuming without --config: only an arm not yet started needs it
     for r in range(1, plan.rounds + 1):
         for arm in plan.arms:
             status, code = _run_arm(wd, plan, base, arm, r, console, plain)
@@ -106,16 +110,6 @@ def ablate_command(
                 _report(wd, plan)
                 sys.exit(code)
     _report(wd, plan)
-
-
-def _base_from_arms(wd: Path, plan: ablation.Plan):
-    """Resuming without --config: arm configs come from the arms' stored configs, so the base config file
-    is only needed for an arm that has not started (then it must still be the same config)."""
-    from sealong.store.db import db_path
-
-    if all(db_path(wd / a).exists() for a in plan.arms):
-        return "stored"
-    return None
 
 
 def _run_arm(
@@ -132,8 +126,7 @@ def _run_arm(
         raise SealongError(f"a controller (pid {pid}) is already running on {arm_wd}; stop it first")
     questions = None
     if not db_path(arm_wd).exists():
-        if base == "stored":
-            raise SealongError(f"{arm_wd} has no run yet; give --config {plan.base_config} to start it")
+        assert base is not None  # loaded above whenever an arm has no run yet
         cfg = ablation.arm_config(base, arm, plan.rounds)
         if ablation.config_sha(base) != plan.base_config_sha256:
             raise SealongError(

@@ -22,7 +22,7 @@ from sealong.loop.errors import EXIT_STOPPED
 from sealong.store.artifacts import sha256_dir
 from sealong.store.db import connect, one, rows
 
-from ..conftest import CLI, cli, write_config
+from ..conftest import CLI, cli, wait_for, write_config
 from .harness import process_alive
 
 
@@ -39,14 +39,7 @@ def _start_background(wd: Path, env: dict | None = None, config: Path | None = N
 
 
 def _wait_for(pred, timeout: float = 120, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(Exception):  # the database may be mid-creation
-            value = pred()
-            if value:
-                return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(pred, timeout, what, every=0.05)
 
 
 def _stage(wd: Path, name: str, round_idx: int = 1) -> dict:

@@ -5,17 +5,15 @@ losing a recorded row, stops on request; `show champion` lists the questions tha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from sealong.loop.errors import EXIT_STOPPED
 from sealong.store.db import connect, one, rows
 
-from ...conftest import CLI, cli, write_config
+from ...conftest import CLI, cli, wait_for, write_config
 
 
 def _rec(i: int) -> dict:
@@ -27,14 +25,7 @@ def _line(i: int) -> bytes:
 
 
 def _wait_for(pred, timeout: float = 300, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(Exception):  # the database may be mid-creation
-            value = pred()
-            if value:
-                return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(pred, timeout, what, every=0.2)
 
 
 def _waiting_after(wd: Path, n_rounds: int) -> bool:

@@ -5,7 +5,6 @@ the same run finishes instead, saying why. Two real rounds on an appended record
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ from sealong.loop.stages.registry import STAGE_NAMES
 from sealong.store import state
 from sealong.store.db import Transaction, connect, one, rows
 
-from ...conftest import CLI, cli
+from ...conftest import CLI, cli, wait_for
 
 
 def _line(i: int) -> bytes:
@@ -29,14 +28,7 @@ def _line(i: int) -> bytes:
 
 
 def _wait_for(pred, timeout: float = 60, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(Exception):
-            value = pred()
-            if value:
-                return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(pred, timeout, what, every=0.1)
 
 
 def _message(wd: Path) -> str:
